@@ -1,0 +1,1 @@
+"""History checkers: linearizability and transactional anomalies (pure Python)."""

@@ -1,0 +1,1 @@
+"""Versioned, checksummed encodings: network frames, wire messages, on-disk records."""

@@ -1,0 +1,1 @@
+"""The only layer below the edges that touches the operating system: real and simulated worlds."""

@@ -1,0 +1,1 @@
+"""The real world: files with fsync, asyncio TCP, the monotonic clock."""

@@ -1,0 +1,1 @@
+"""The deterministic simulated world: seeded network, disks and clocks with named faults."""

@@ -1,0 +1,1 @@
+"""The sans-IO storage engines: memory (oracle) and LSM; they know nothing of the network."""

@@ -49,10 +49,17 @@ class Op:
         return out
 
 
-def op_from_dict(obj: Any, index: int, where: str = "") -> Op:
-    """Build an `Op` from a decoded JSON object; raise `CheckError` naming what is wrong."""
+def op_from_dict(
+    obj: Any, index: int, where: str = "", defaults: dict[str, Any] | None = None
+) -> Op:
+    """Build an `Op` from a decoded JSON object; raise `CheckError` naming what is wrong.
+
+    `defaults` fills fields a source leaves out (Elle's examples omit `process` and `f`).
+    """
     if not isinstance(obj, dict):
         raise CheckError(f"{where}expected a JSON object, got {type(obj).__name__}")
+    if defaults:
+        obj = {**defaults, **obj}
     for field in ("process", "type", "f"):
         if field not in obj:
             raise CheckError(f"{where}missing field {field!r}")

@@ -88,3 +88,59 @@ class CommitUnknown(KeeldbError):
 
 class CheckError(KeeldbError):
     """A history or checker input could not be read (names the line and what is wrong)."""
+
+
+# --- real runtime: frames, transport, admin (area: real world) -----------------------------
+
+
+class FrameError(KeeldbError):
+    """A network frame is malformed: over the size limit, bad checksum, unknown version,
+    bad header or an undecodable payload. The connection that carried it must be closed."""
+
+    reason: str = "malformed"
+
+
+class FrameTooLargeError(FrameError, LimitExceededError):
+    """A frame is longer than `limits.frame_bytes_max`."""
+
+    reason = "too_large"
+
+
+class FrameChecksumError(FrameError):
+    """A frame's crc32c does not match its bytes (corrupted on the wire or not a keeldb peer)."""
+
+    reason = "checksum"
+
+
+class FrameVersionError(FrameError):
+    """A frame carries a version this build does not speak."""
+
+    reason = "version"
+
+
+class FramePayloadError(FrameError):
+    """A frame's header is wrong (magic, flags) or its msgpack payload cannot be decoded."""
+
+    reason = "payload"
+
+
+class AdminError(KeeldbError):
+    """An admin request was refused, malformed, or its node could not be reached."""
+
+
+class NodeUnavailableError(RetryableError):
+    """A node's client port did not answer (not started yet, restarting, or gone)."""
+
+
+# --- storage CLI (area: storage commands) ---------------------------------------------------
+
+
+class NotFoundError(KeeldbError):
+    """A key or store that a command asked for does not exist (the CLI exits 1)."""
+
+
+# --- benchmarks (area: keeldb bench) --------------------------------------------------------
+
+
+class BenchmarkFailedError(KeeldbError):
+    """An engine process of a benchmark failed or timed out; the results written are partial."""

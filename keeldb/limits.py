@@ -48,3 +48,54 @@ sync_batch_bytes_default = 1024 * 1024
 # --- network frames --------------------------------------------------------------------
 frame_bytes_max = 64 * 1024 * 1024
 send_queue_frames_max = 10_000
+
+# --- real runtime: transport, client and admin ports (area: real world) ----------------------
+frame_header_bytes = 12  # magic(2) version(1) flags(1) length(4) crc32c(4); see codec/frame.py
+reconnect_backoff_ms_min = 20
+reconnect_backoff_ms_max = 1_000
+peer_connections_in_max = 64  # inbound peer links a node accepts at once
+client_connections_max = 256
+client_inflight_per_connection_max = 1_024  # requests read but not yet answered
+admin_request_bytes_max = 64 * 1024
+fault_delay_ms_max = 60_000
+connect_timeout_ms = 1_000  # one outbound connection attempt
+
+# --- linearizability checker (area: check/linear) ------------------------------------------
+linear_search_steps_max = 5_000_000  # search steps per partition before the verdict is "unknown"
+linear_search_slice_steps = 2_000  # steps one partition runs before the next one's turn
+linear_history_ops_max = 1_000_000  # events one history may hold
+linear_explain_ops_max = 64  # operations listed in an explanation
+
+# --- node contract, driver and simulator (area: simulator) ---------------------------------
+driver_events_queued_max = 100_000  # events waiting for one node's step() (re-entrancy queue)
+driver_effects_per_step_max = 100_000  # effects one step() may return
+driver_io_queued_max = 100_000  # disk ops of one node waiting to run (they run one at a time)
+driver_held_effects_max = 100_000  # sends/applies/replies waiting on `after=op`
+driver_op_history_max = 65_536  # outcomes of finished disk ops remembered per incarnation
+node_start_bytes_max = 256 * 1024 * 1024  # total bytes of files handed to a node in Start
+sim_events_queued_max = 2_000_000  # pending events on the simulator's heap
+sim_nodes_max = 64
+sim_clients_max = 256
+sim_trace_lines_max = 200_000  # lines kept for --trace; the digest covers every event
+sim_link_queue_max = 10_000  # messages held on one clogged link before drops
+
+# --- CLI (storage commands) ----------------------------------------------------------------
+cli_table_rows_max = 10_000  # rows a human table renders before asking for --limit or --json
+
+# --- transactional-anomaly checker (area: check/txn) ---------------------------------------
+txn_cycle_search_steps_max = 2_000_000  # BFS steps per cycle class per component, then timeout
+txn_cycle_candidates_max = 4  # cycles tried per class before the shortest is kept
+txn_version_inference_steps_max = 5_000_000  # graph steps inferring register version orders
+txn_cases_per_anomaly_max = 32  # cases of one anomaly type kept in a result
+txn_history_ops_max = 10_000_000  # events one transactional history may hold
+
+# --- embedded database and LSM engine (storage area) -------------------------------------
+group_commit_bytes_max = 1024 * 1024  # writers merged into one WAL record + fsync
+write_stall_wait_ms_max = 60_000  # a stopped writer waits this long, then WriteStallError
+write_slowdown_ms = 1  # pause per write while L0 is over l0_slowdown_files
+scan_chunk_entries = 256  # scans read this many pairs per hold of the read lock
+background_tick_ms = 10  # the background thread looks for work at least this often
+txn_edn_depth_max = 1_000  # nesting of EDN collections the fast history reader accepts
+sim_requests_open_max = 16_384  # client requests the simulator holds a reply callback for
+history_ops_max = 2_000_000  # operations one recorded history may hold
+sim_events_same_instant_max = 1_000_000  # events at one virtual instant before a livelock error

@@ -23,7 +23,7 @@ LAYERS: dict[str, int] = {
     "txn": 3, "changefeed": 3,
     "node": 4,
     "runtime": 5,
-    "server": 6, "client": 6, "embedded": 6, "testing": 6, "cli": 7,
+    "server": 6, "client": 6, "embedded": 6, "testing": 6, "bench": 6, "cli": 7,
     "__init__": 8, "__main__": 8,
 }
 SANS_IO_MAX_LAYER = 4

@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         err_console.print("aborted")
         return EXIT_ERROR
     except Exception as exc:  # click usage errors and keeldb operating errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return EXIT_USAGE
+        # typer vendors its own click: recognise its usage errors by shape, not by class.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            return EXIT_USAGE if code else 0
         if isinstance(exc, KeeldbError) and not state.debug:
             err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR

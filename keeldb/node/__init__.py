@@ -1,0 +1,1 @@
+"""The node: sans-IO state machines composed from the cores; the contract is in `effects`."""

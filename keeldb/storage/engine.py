@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keeldb import limits
-from keeldb.errors import InvalidKeyError, InvalidValueError
+from keeldb.errors import InvalidKeyError, InvalidValueError, LimitExceededError, UsageError
 
 # Record kinds stored with every version of a key.
 KIND_DELETE = 0
@@ -89,6 +89,26 @@ class Stats:
     write_stall_seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """What `engine.verify()` (and `keeldb check-store`) found."""
+
+    files_checked: int
+    blocks_checked: int
+    entries_checked: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+# Values of `Engine.write_stall()`.
+STALL_NONE = 0
+STALL_SLOWDOWN = 1  # writers should pause briefly to let compaction catch up
+STALL_STOP = 2  # writers must wait until a flush or compaction step has run
+
+
 class Snapshot(Protocol):
     """A consistent, read-only view of the engine at one sequence number."""
 
@@ -128,6 +148,21 @@ class Engine(Protocol):
 
     def stats(self) -> Stats: ...
 
+    def flush_step(self) -> bool:
+        """Flush one immutable memtable to a table; return whether there was work."""
+
+    def compact_step(self) -> bool:
+        """Run one bounded compaction; return whether there was work."""
+
+    def write_stall(self) -> int:
+        """STALL_NONE, STALL_SLOWDOWN or STALL_STOP: whether writers must wait."""
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable."""
+
+    def verify(self) -> VerifyReport:
+        """Check every stored checksum; never raises for bad data, reports it."""
+
     def close(self) -> None: ...
 
 
@@ -163,3 +198,48 @@ def check_value(value: object) -> bytes:
             "split it into several keys"
         )
     return value
+
+
+def check_ops(ops: list[tuple[int, bytes, bytes]]) -> int:
+    """Validate a batch of `(kind, key, value)` ops in place; return its user bytes."""
+    if len(ops) > limits.batch_ops_max:
+        raise LimitExceededError(
+            f"batch of {len(ops)} ops is over batch_ops_max={limits.batch_ops_max}; "
+            "split it into smaller batches"
+        )
+    total = 0
+    for i, (kind, key, value) in enumerate(ops):
+        if kind == KIND_PUT:
+            key = check_key(key)
+            value = check_value(value)
+        elif kind == KIND_DELETE:
+            key = check_key(key)
+            value = b""
+        else:
+            raise UsageError(f"op {i} has kind {kind!r}; use KIND_PUT or KIND_DELETE")
+        ops[i] = (kind, key, value)
+        total += len(key) + len(value)
+    if total > limits.batch_bytes_max:
+        raise LimitExceededError(
+            f"batch of {total} bytes is over batch_bytes_max={limits.batch_bytes_max}; "
+            "split it into smaller batches"
+        )
+    return total
+
+
+def check_scan_args(start: object, end: object, limit: object) -> int:
+    """Validate scan bounds; return the effective limit."""
+    if start is not None:
+        check_key(start)
+    if end is not None:
+        check_key(end)
+    if limit is None:
+        return limits.scan_limit_max
+    if type(limit) is not int or limit < 0:
+        raise UsageError(f"scan limit must be a non-negative int, got {limit!r}")
+    if limit > limits.scan_limit_max:
+        raise LimitExceededError(
+            f"scan limit {limit} is over scan_limit_max={limits.scan_limit_max}; "
+            "page through the range with start= and a smaller limit"
+        )
+    return limit

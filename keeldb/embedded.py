@@ -1,0 +1,487 @@
+"""The embedded database: `keeldb.open(path)`.
+
+It wraps the sans-IO `LsmEngine` with real files (`RealDisk`), a process lock, thread safety,
+group commit and a background thread that drives the engine's bounded flush and compaction
+steps. The same engine steps run inline in tests and in the simulator.
+
+    >>> import keeldb
+    >>> with keeldb.open(str(tmp_path / "db")) as db:          # doctest: +SKIP
+    ...     db.put(b"k", b"v")
+    ...     db.get(b"k")
+    b'v'
+
+Threads: readers never wait for writers or compaction (they read an immutable version;
+table reads share one short lock around the caches). Writers queue; the writer at the head
+of the queue (the leader) merges the batches queued behind it into one WAL record and at most
+one fsync (group commit, as in LevelDB/RocksDB), then wakes the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from keeldb import limits
+from keeldb.errors import (
+    ClosedError,
+    ConfigError,
+    KeeldbError,
+    LimitExceededError,
+    LockedError,
+    StorageIOError,
+    WriteStallError,
+)
+from keeldb.runtime.real.disk import RealDisk
+from keeldb.storage.engine import (
+    KIND_DELETE,
+    KIND_PUT,
+    STALL_SLOWDOWN,
+    STALL_STOP,
+    Options,
+    Stats,
+    VerifyReport,
+    check_key,
+    check_ops,
+    check_value,
+)
+from keeldb.storage.lsm import LsmEngine
+from keeldb.storage.memory import MemoryEngine
+from keeldb.types import SYNC_POLICIES
+
+LOCK_FILE = "LOCK"
+ENGINES = ("lsm", "memory")
+
+Op = tuple[int, bytes, bytes]
+
+
+class _Writer:
+    """One queued batch waiting for the group-commit leader."""
+
+    __slots__ = ("ops", "user_bytes", "sync", "done", "error", "seq")
+
+    def __init__(self, ops: list[Op], user_bytes: int, sync: bool) -> None:
+        self.ops = ops
+        self.user_bytes = user_bytes
+        self.sync = sync
+        self.done = False
+        self.error: BaseException | None = None
+        self.seq = 0
+
+
+def _acquire_lock(path: str) -> int:
+    """flock the LOCK file; its content names the holder for the error of the next one."""
+    lock_path = os.path.join(path, LOCK_FILE)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown holder"
+        os.close(fd)
+        raise LockedError(
+            f"{path!r} is open in another process ({holder}); close it there first, or open "
+            "a different directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+class Snapshot:
+    """A consistent read-only view; close it (or use `with`) to let compaction reclaim space."""
+
+    def __init__(self, db: DB, snap: Any) -> None:
+        self._db = db
+        self._snap = snap
+        self.seq: int = snap.seq
+
+    def get(self, key: bytes) -> bytes | None:
+        self._db._check_open()
+        return self._snap.get(key)  # type: ignore[no-any-return]
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._db._check_open()
+        return self._snap.scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if not self._db._closed:
+            self._snap.close()
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WriteBatch:
+    """Ops applied atomically when the `with` block exits normally; discarded on exception."""
+
+    def __init__(self, db: DB) -> None:
+        self._db = db
+        self._ops: list[Op] = []
+        self._bytes = 0
+        self._done = False
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._add(KIND_PUT, check_key(key), check_value(value))
+
+    def delete(self, key: bytes) -> None:
+        self._add(KIND_DELETE, check_key(key), b"")
+
+    def _add(self, kind: int, key: bytes, value: bytes) -> None:
+        if self._done:
+            raise ClosedError("this write batch was already committed or discarded; start a "
+                              "new one with db.write_batch()")
+        if len(self._ops) >= limits.batch_ops_max:
+            raise LimitExceededError(f"batch already holds batch_ops_max={limits.batch_ops_max} "
+                                     "ops; commit it and start another")
+        self._bytes += len(key) + len(value)
+        if self._bytes > limits.batch_bytes_max:
+            raise LimitExceededError(f"batch would hold {self._bytes} bytes, over "
+                                     f"batch_bytes_max={limits.batch_bytes_max}; commit it and "
+                                     "start another")
+        self._ops.append((kind, key, value))
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def commit(self) -> int:
+        """Apply the batch now; returns its sequence number (0 for an empty batch)."""
+        if self._done:
+            raise ClosedError("this write batch was already committed or discarded")
+        self._done = True
+        if not self._ops:
+            return 0
+        return self._db._write(self._ops, self._bytes)
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> WriteBatch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None and not self._done:
+            self.commit()
+        else:
+            self.discard()
+
+
+class DB:
+    """An open keeldb store. Thread-safe; one per directory per process (a file lock)."""
+
+    def __init__(self, path: str, *, sync: str = "batch",
+                 sync_interval_ms: int = limits.sync_batch_interval_ms_default,
+                 sync_bytes: int = limits.sync_batch_bytes_default, engine: str = "lsm",
+                 create: bool = True, **options: Any) -> None:
+        if sync not in SYNC_POLICIES:
+            raise ConfigError(f"sync={sync!r} is not one of {SYNC_POLICIES}")
+        if engine not in ENGINES:
+            raise ConfigError(f"engine={engine!r} is not one of {ENGINES}")
+        if sync_interval_ms < 1 or sync_bytes < 1:
+            raise ConfigError(f"sync_interval_ms ({sync_interval_ms}) and sync_bytes "
+                              f"({sync_bytes}) must be >= 1")
+        try:
+            opts = Options(**options)
+        except TypeError as exc:
+            raise ConfigError(f"unknown option ({exc}); options are the fields of "
+                              "keeldb.storage.engine.Options") from exc
+        self.path = str(path)
+        self.sync_policy = sync
+        self._sync_interval = sync_interval_ms / 1000
+        self._sync_bytes = sync_bytes
+        self._closed = False
+        if not create and not os.path.isdir(self.path):
+            raise ConfigError(f"no store at {self.path!r}; pass create=True to make one")
+        os.makedirs(self.path, exist_ok=True)
+        self._lock_fd = _acquire_lock(self.path)
+        self._mu = threading.RLock()  # engine state (versions, snapshots)
+        self._read_mu = threading.Lock()  # shared table/block caches
+        self._job_lock = threading.Lock()  # one flush/compaction step at a time
+        self._wal_lock = threading.Lock()  # WAL append, fsync and rotation
+        self._queue_cv = threading.Condition(threading.Lock())  # group commit queue
+        self._queue: deque[_Writer] = deque()
+        self._bg_cv = threading.Condition(threading.Lock())  # background wake-ups, stalls
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self._bg_error: BaseException | None = None
+        self.engine: Any
+        try:
+            if engine == "lsm":
+                self.engine = LsmEngine(RealDisk(self.path), opts, create=create,
+                                        mutex=self._mu, read_mutex=self._read_mu)
+            else:
+                self.engine = MemoryEngine()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._stop = False
+        self._bg = threading.Thread(target=self._background, name=f"keeldb-bg:{self.path}",
+                                    daemon=True)
+        self._bg.start()
+
+    # --- writes ------------------------------------------------------------------------------
+    def put(self, key: bytes, value: bytes) -> None:
+        key = check_key(key)
+        value = check_value(value)
+        self._write([(KIND_PUT, key, value)], len(key) + len(value))
+
+    def delete(self, key: bytes) -> None:
+        key = check_key(key)
+        self._write([(KIND_DELETE, key, b"")], len(key))
+
+    def write(self, ops: list[tuple[int, bytes, bytes]]) -> int:
+        """Apply raw `(kind, key, value)` ops atomically; returns the batch's seq."""
+        ops = list(ops)
+        return self._write(ops, check_ops(ops))
+
+    def write_batch(self) -> WriteBatch:
+        self._check_open()
+        return WriteBatch(self)
+
+    def _write(self, ops: list[Op], user_bytes: int) -> int:
+        """Group commit: queue, and either wait for a leader or lead a group."""
+        self._check_open()
+        sync = self.sync_policy == "always"
+        me = _Writer(ops, user_bytes, sync)
+        with self._queue_cv:
+            self._queue.append(me)
+            while not me.done and self._queue[0] is not me:
+                self._queue_cv.wait()
+            if me.done:
+                if me.error is not None:
+                    raise me.error
+                return me.seq
+            group = [me]
+            total = user_bytes
+            for other in list(self._queue)[1:]:
+                if total + other.user_bytes > limits.group_commit_bytes_max or \
+                        len(group) >= limits.batch_ops_max:
+                    break
+                group.append(other)
+                total += other.user_bytes
+        error: BaseException | None = None
+        seq = 0
+        try:
+            self._wait_for_room()
+            merged = ops if len(group) == 1 else [op for w in group for op in w.ops]
+            with self._wal_lock:
+                seq = self.engine.write_checked(merged, total, any(w.sync for w in group))
+                if self.sync_policy == "batch":
+                    self._unsynced += total
+                    if self._unsynced >= self._sync_bytes:
+                        self._sync_locked()
+            self._kick_background()
+        except BaseException as exc:  # hand the same outcome to every member of the group
+            error = exc
+        with self._queue_cv:
+            for w in group:
+                popped = self._queue.popleft()
+                assert popped is w, "group commit queue out of order"
+                w.done = True
+                w.error = error
+                w.seq = seq
+            self._queue_cv.notify_all()
+        if error is not None:
+            raise error
+        return seq
+
+    def _wait_for_room(self) -> None:
+        """Write stall: wait (bounded) while the engine says writes must stop; pause briefly
+        while it says slow down."""
+        state = self.engine.write_stall()
+        if state == 0:
+            return
+        started = time.monotonic()
+        counters = getattr(self.engine, "counters", None)
+        if counters is not None:
+            counters["write_stalls"] += 1
+        if state == STALL_SLOWDOWN:
+            time.sleep(limits.write_slowdown_ms / 1000)
+        deadline = started + limits.write_stall_wait_ms_max / 1000
+        with self._bg_cv:
+            self._bg_cv.notify_all()
+            while self.engine.write_stall() == STALL_STOP and not self._closed:
+                if self._bg_error is not None:
+                    raise StorageIOError(f"background work failed ({self._bg_error}); writes "
+                                         "cannot proceed: reopen the store")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WriteStallError(
+                        f"writes stalled for {limits.write_stall_wait_ms_max} ms waiting for "
+                        "flush/compaction; the disk may be too slow, retry later")
+                self._bg_cv.wait(min(remaining, limits.background_tick_ms / 1000))
+        if hasattr(self.engine, "stall_seconds"):
+            self.engine.stall_seconds += time.monotonic() - started
+
+    def _sync_locked(self) -> None:
+        """fsync the WAL; the caller holds `_wal_lock` (no append or rotation meanwhile)."""
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self.engine.sync()
+
+    def _kick_background(self) -> None:
+        engine = self.engine
+        if isinstance(engine, LsmEngine):
+            version = engine.version
+            if version.imms or len(version.levels[0]) >= engine.options.l0_compaction_trigger:
+                with self._bg_cv:
+                    self._bg_cv.notify_all()
+
+    # --- background --------------------------------------------------------------------------
+    def _background(self) -> None:
+        """Drive flush/compaction steps and the 'batch' sync timer until closed."""
+        tick = min(limits.background_tick_ms / 1000, self._sync_interval)
+        while True:
+            with self._bg_cv:
+                if self._stop:
+                    return
+                self._bg_cv.wait(tick)
+                if self._stop:
+                    return
+            try:
+                self._periodic_sync()
+                while not self._stop and self._one_step():
+                    with self._bg_cv:
+                        self._bg_cv.notify_all()
+            except BaseException as exc:  # keep reads working; writers see the error
+                self._bg_error = exc
+                with self._bg_cv:
+                    self._bg_cv.notify_all()
+                return
+
+    def _periodic_sync(self) -> None:
+        if self.sync_policy != "batch" or not self._unsynced:
+            return
+        if time.monotonic() - self._last_sync < self._sync_interval:
+            return
+        with self._wal_lock:
+            if self._unsynced and not self._closed:
+                with contextlib.suppress(KeeldbError):  # marks the engine read-only on failure
+                    self._sync_locked()
+
+    def _one_step(self) -> bool:
+        with self._job_lock:
+            if self._closed:
+                return False
+            return bool(self.engine.flush_step() or self.engine.compact_step())
+
+    # --- reads -------------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        if self._closed:
+            self._check_open()
+        return self.engine.get(key)  # type: ignore[no-any-return]
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check_open()
+        return self.engine.scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+
+    def snapshot(self) -> Snapshot:
+        self._check_open()
+        return Snapshot(self, self.engine.snapshot())
+
+    # --- maintenance -------------------------------------------------------------------------
+    def stats(self) -> Stats:
+        self._check_open()
+        return self.engine.stats()  # type: ignore[no-any-return]
+
+    def flush(self) -> None:
+        """Write the memtable to a table now (and wait for every pending flush)."""
+        self._check_open()
+        self._check_background()
+        with self._job_lock:
+            with self._wal_lock:
+                self.engine.rotate()
+            while self.engine.flush_step():
+                pass
+        with self._bg_cv:
+            self._bg_cv.notify_all()
+
+    def compact(self) -> None:
+        """Flush, then compact until no level has work left."""
+        self._check_open()
+        self._check_background()
+        with self._job_lock:
+            with self._wal_lock:
+                self.engine.rotate()
+            while self.engine.flush_step():
+                pass
+            while self.engine.compact_step(True):
+                pass
+        with self._bg_cv:
+            self._bg_cv.notify_all()
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (fsync the WAL)."""
+        self._check_open()
+        with self._wal_lock:
+            self._sync_locked()
+
+    def verify(self) -> VerifyReport:
+        self._check_open()
+        return self.engine.verify()  # type: ignore[no-any-return]
+
+    def _check_background(self) -> None:
+        if self._bg_error is not None:
+            raise StorageIOError(f"background flush/compaction failed ({self._bg_error}); "
+                                 "the store is read-only until reopened")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the store {self.path!r} is closed; open it again with "
+                              "keeldb.open(path)")
+
+    def close(self) -> None:
+        """Stop background work, sync the WAL (every policy but a failed store) and unlock."""
+        if self._closed:
+            return
+        with self._queue_cv:
+            while self._queue:  # let queued writers finish
+                self._queue_cv.wait(limits.background_tick_ms / 1000)
+        with self._bg_cv:
+            self._stop = True
+            self._bg_cv.notify_all()
+        self._bg.join()
+        with self._job_lock, self._wal_lock:
+            self._closed = True
+            with contextlib.suppress(KeeldbError):
+                if self.sync_policy != "never":
+                    self.engine.sync()
+            self.engine.close()
+        os.close(self._lock_fd)
+
+    def __enter__(self) -> DB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<keeldb.DB {self.path!r} {state} sync={self.sync_policy}>"
+
+
+def open(path: str | os.PathLike[str], *, sync: str = "batch",  # noqa: A001 - public API name
+         sync_interval_ms: int = limits.sync_batch_interval_ms_default,
+         sync_bytes: int = limits.sync_batch_bytes_default, engine: str = "lsm",
+         create: bool = True, **options: Any) -> DB:
+    """Open (or create) the store in directory `path`.
+
+    `sync`: "always" (each write is fsynced before it returns; concurrent writers share
+    fsyncs), "batch" (fsync at most every `sync_interval_ms` or `sync_bytes`), "never" (the
+    OS decides). `options` are fields of `keeldb.storage.engine.Options`.
+    """
+    return DB(os.fspath(path), sync=sync, sync_interval_ms=sync_interval_ms,
+              sync_bytes=sync_bytes, engine=engine, create=create, **options)

@@ -1,0 +1,209 @@
+"""The node contract: what a node hears (events), what it asks for (effects), and `Node`.
+
+A node is a sans-IO state machine: `Node.step(event) -> list[Effect]`. It never touches a
+disk, a socket or a clock; `keeldb.runtime.driver.Driver` executes its effects in both worlds
+(the simulator and the real asyncio runtime) with one set of ordering rules.
+
+Lifecycle. A world builds a fresh node object (the factory takes no arguments) and the driver
+gives it `Start` first, carrying the node's id, its peers, its local clock and the contents of
+every file on its disk (empty on first boot; what survived on a restart). A crash simply drops
+the object: memory is lost, the disk keeps what the world's crash semantics keep.
+
+Ordering contract (the etcd `Ready` rule). Within one batch the driver executes effects in the
+phase order disk (persist and sync, in the node's order) -> send -> apply -> reply -> timers ->
+halt, keeping the node's order inside a phase. Disk operations of one node run one at a time, in submission order. `Send`,
+`Apply` and `Reply` may name `after=op`: they are held until disk operation `op` has completed
+successfully, and dropped (never executed) if it fails or the node crashes first. So "send only
+after this write is durable" is `Persist(op=7, ...), Sync(op=8, ...), Send(..., after=8)`.
+
+Messages are plain data (None, bool, int, float, str, bytes, list, tuple, dict with str keys):
+the real world encodes them with msgpack (tuples come back as lists, so accept both), the
+simulator passes the objects as they are (so never mutate a message after sending it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from keeldb.types import NodeId
+
+Message = Any
+"""A message between nodes: plain msgpack-able data (see the module docstring)."""
+
+ReplyType = Literal["ok", "fail", "info"]
+REPLY_TYPES: tuple[str, ...] = ("ok", "fail", "info")
+
+
+# --- events: inputs of Node.step -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The first event of every incarnation.
+
+    `files` maps each file name on the node's disk to its bytes as read at start (a flipped
+    bit or a torn tail is possible in the simulator: check your checksums). `restart` is
+    False on the first boot of a node with an empty disk.
+    """
+
+    node: NodeId
+    peers: tuple[NodeId, ...]
+    now_ns: int
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    restart: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """A timer set by `SetTimer(name, ...)` fired; `now_ns` is the node's local clock."""
+
+    name: str
+    now_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message from peer `src` arrived."""
+
+    src: NodeId
+    msg: Message
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A client asks for operation `f` (the history vocabulary: read, write, cas, append,
+    txn, transfer, ...). The node must answer with exactly one `Reply(request_id, ...)` unless
+    it crashes first; `request_id` is unique per world run."""
+
+    request_id: int
+    f: str
+    key: Any = None
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class PersistDone:
+    """Disk operation `op` of a `Persist` finished; `ok` False names the error (ENOSPC, EIO)."""
+
+    op: int
+    ok: bool = True
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SyncDone:
+    """Disk operation `op` of a `Sync` finished. `ok` True means every byte appended to that
+    file before it is durable. `ok` False: durability is unknown (treat as lost; fsyncgate)."""
+
+    op: int
+    ok: bool = True
+    error: str = ""
+
+
+Event = Start | Tick | Received | ClientRequest | PersistDone | SyncDone
+
+
+# --- effects: outputs of Node.step -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write `data` to file `file`: append (default), or `replace` the whole file atomically.
+
+    An append is not durable until a later `Sync` of the same file completes. A replace is
+    done as write-temp, sync, rename, sync-dir, so it is durable when `PersistDone` arrives.
+    `op` is chosen by the node and unique within an incarnation.
+    """
+
+    op: int
+    file: str
+    data: bytes
+    replace: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """fsync `file`: makes every append submitted before it durable. Answered by `SyncDone`."""
+
+    op: int
+    file: str
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send `msg` to peer `to`, once disk operation `after` (if any) succeeded. Delivery is
+    not guaranteed: networks drop, duplicate, delay and reorder."""
+
+    to: NodeId
+    msg: Message
+    after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Announce that command `index` took effect in the node's state machine (observers,
+    replica-convergence checkers and metrics use it; it changes no node state)."""
+
+    index: int
+    command: Any
+    after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer client request `request_id`: `ok` (it happened), `fail` (it certainly did not)
+    or `info` (unknown). `value` is the result (the read value, the txn's completed micro-ops)."""
+
+    request_id: int
+    type: ReplyType
+    value: Any = None
+    error: str = ""
+    after: int | None = None
+
+    def __post_init__(self) -> None:
+        assert self.type in REPLY_TYPES, f"reply type {self.type!r} not in {REPLY_TYPES}"
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    """Deliver `Tick(name, ...)` after `delay_ns` of the node's local time; setting a timer
+    of the same name again replaces it."""
+
+    name: str
+    delay_ns: int
+
+    def __post_init__(self) -> None:
+        assert self.delay_ns >= 0, f"timer {self.name!r} delay {self.delay_ns} < 0"
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """Forget timer `name` (no-op if it is not set)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Halt:
+    """The node stops itself (e.g. after a failed fsync): the driver drops it like a crash.
+    The world decides whether and when it restarts."""
+
+    reason: str
+
+
+Effect = Persist | Sync | Send | Apply | Reply | SetTimer | CancelTimer | Halt
+
+# The one execution order of a batch (stable within a phase).
+PHASES: dict[type, int] = {
+    Persist: 0, Sync: 0,  # disk ops share a phase so the node's write/sync order is kept
+    Send: 1, Apply: 2, Reply: 3, SetTimer: 4, CancelTimer: 4, Halt: 5,
+}
+
+
+@runtime_checkable
+class Node(Protocol):
+    """A sans-IO state machine. `step` must be deterministic given the events it has seen."""
+
+    def step(self, event: Event) -> list[Effect]: ...

@@ -1,0 +1,397 @@
+"""asyncio TCP transport between nodes: frames, bounded per-peer queues, reconnects, faults.
+
+Links are one-way. Each node dials every peer it sends to and uses that outbound connection
+only for writing; it accepts inbound connections from peers only for reading. The first frame
+on a connection is a hello naming the sender, so inbound frames are attributed to a peer id.
+
+- Sending never blocks: `send()` puts an encoded frame on the peer's queue, bounded by
+  `send_queue_frames_max`; when full, the new frame is dropped and counted (`dropped_overflow`).
+  Nodes must tolerate loss anyway (networks drop), so dropping beats unbounded memory.
+- A per-peer task connects, writes the queue in order and reconnects after any error or EOF,
+  with jittered exponential backoff drawn from a seeded `random.Random` and capped at
+  `limits.reconnect_backoff_ms_max`. A frame being written when the link breaks is lost
+  (`lost_on_disconnect`).
+- A malformed, oversized or corrupt inbound frame (any `FrameError`) closes that one
+  connection with a logged error and a `bad_frames` count; the node keeps serving.
+- `LinkFaults` drops or delays traffic to/from named peers (the admin port sets them) so
+  partitions can be made on real processes. Delays keep per-link order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from keeldb import limits
+from keeldb.codec.frame import FrameDecoder, encode_frame
+from keeldb.errors import ConfigError, FrameError
+from keeldb.types import NodeId
+
+log = logging.getLogger("keeldb.transport")
+
+HELLO = "keeldb-hello"
+READ_CHUNK_BYTES = 64 * 1024
+
+Address = tuple[str, int]
+OnMessage = Callable[[NodeId, Any], None]
+
+
+@dataclass
+class LinkFaults:
+    """Fault state of one node's links (set as a whole by the admin port; `heal` clears it).
+
+    `drop_to`/`drop_from`: peers whose outbound/inbound frames are discarded (and counted).
+    `delay_to`/`delay_from`: peers whose frames are held `delay_ms` before going out/in.
+    """
+
+    drop_to: frozenset[NodeId] = frozenset()
+    drop_from: frozenset[NodeId] = frozenset()
+    delay_to: frozenset[NodeId] = frozenset()
+    delay_from: frozenset[NodeId] = frozenset()
+    delay_ms: int = 0
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.delay_ms <= limits.fault_delay_ms_max, self.delay_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from),
+                "delay_to": sorted(self.delay_to), "delay_from": sorted(self.delay_from),
+                "delay_ms": self.delay_ms}
+
+    @property
+    def healthy(self) -> bool:
+        return not (self.drop_to or self.drop_from or
+                    (self.delay_ms and (self.delay_to or self.delay_from)))
+
+
+@dataclass
+class TransportStats:
+    """Counters; all monotonically increasing except `connected` and `queued`."""
+
+    sent: int = 0  # frames written to a socket
+    received: int = 0  # frames delivered to the node
+    dropped_overflow: int = 0  # send queue full
+    dropped_partition_out: int = 0  # discarded by LinkFaults.drop_to
+    dropped_partition_in: int = 0  # discarded by LinkFaults.drop_from
+    lost_on_disconnect: int = 0  # in the middle of a write when the link broke
+    connects: int = 0  # outbound connections established
+    reconnects: int = 0  # ... of which after an earlier one to the same peer was lost
+    connect_failures: int = 0
+    bad_frames: int = 0  # inbound connections closed for a FrameError
+    inbound_refused: int = 0  # over peer_connections_in_max or unknown peer
+    per_peer_sent: dict[str, int] = field(default_factory=dict)
+    per_peer_received: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        out["per_peer_sent"] = dict(sorted(self.per_peer_sent.items()))
+        out["per_peer_received"] = dict(sorted(self.per_peer_received.items()))
+        return out
+
+
+def backoff_ms(attempt: int, rng: random.Random,
+               lo: int = limits.reconnect_backoff_ms_min,
+               hi: int = limits.reconnect_backoff_ms_max) -> float:
+    """Delay before connection attempt `attempt` (1-based): exponential, capped, jittered into
+    [cap/2, cap] so restarted peers are not hit by every node at the same instant."""
+    assert attempt >= 1 and 0 < lo <= hi
+    cap = min(hi, lo * (2 ** min(attempt - 1, 30)))
+    return cap / 2 + rng.random() * cap / 2
+
+
+class _Peer:
+    """The outbound side of one link: a bounded queue and the task that drains it."""
+
+    def __init__(self, peer: NodeId, addr: Address, queue_max: int) -> None:
+        self.id = peer
+        self.addr = addr
+        self.queue: deque[tuple[int, bytes]] = deque()
+        self.queue_max = queue_max
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.ever_connected = False
+
+
+class Transport:
+    """One node's links to its peers. Create, `await start()`, `send()`, `await close()`."""
+
+    def __init__(
+        self,
+        node: NodeId,
+        listen: Address,
+        peers: Mapping[NodeId, Address],
+        on_message: OnMessage,
+        *,
+        seed: int | str = 0,
+        send_queue_frames_max: int = limits.send_queue_frames_max,
+        frame_bytes_max: int = limits.frame_bytes_max,
+        backoff_ms_min: int = limits.reconnect_backoff_ms_min,
+        backoff_ms_max: int = limits.reconnect_backoff_ms_max,
+    ) -> None:
+        if not 1 <= send_queue_frames_max <= limits.send_queue_frames_max:
+            raise ConfigError(f"send_queue_frames_max={send_queue_frames_max} must be in "
+                              f"1..{limits.send_queue_frames_max}")
+        if not 0 < backoff_ms_min <= backoff_ms_max <= limits.reconnect_backoff_ms_max:
+            raise ConfigError(f"reconnect backoff {backoff_ms_min}..{backoff_ms_max} ms must "
+                              f"lie in 1..{limits.reconnect_backoff_ms_max} ms, min <= max")
+        self.node = node
+        self._listen = listen
+        self._on_message = on_message
+        self._frame_bytes_max = frame_bytes_max
+        self._backoff = (backoff_ms_min, backoff_ms_max)
+        self._rng = random.Random(f"{seed}:transport:{node}")
+        self._peers = {p: _Peer(p, a, send_queue_frames_max)
+                       for p, a in sorted(peers.items()) if p != node}
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.faults = LinkFaults()
+        self.stats = TransportStats()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen for inbound links (port 0 picks a free port, see `port`)."""
+        assert self._server is None, "start() called twice"
+        self._server = await asyncio.start_server(
+            self._serve_inbound, self._listen[0], self._listen[1], reuse_address=True)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "transport not started"
+        port = self._server.sockets[0].getsockname()[1]
+        assert isinstance(port, int)
+        return port
+
+    @property
+    def peers(self) -> tuple[NodeId, ...]:
+        return tuple(self._peers)
+
+    def set_peer_address(self, peer: NodeId, addr: Address) -> None:
+        """Point `peer` at a new address (used when ports are learned after start)."""
+        self._peers[peer].addr = addr
+
+    async def close(self) -> None:
+        """Stop every task and close every connection; queued frames are discarded."""
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        for peer in self._peers.values():
+            if peer.task is not None:
+                peer.task.cancel()
+            if peer.writer is not None:
+                peer.writer.close()
+        for w in list(self._inbound):
+            w.close()
+        tasks = [p.task for p in self._peers.values() if p.task] + list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # --- sending -----------------------------------------------------------------------------
+
+    def send(self, to: NodeId, msg: Any) -> bool:
+        """Queue `msg` for `to`. False when it was dropped (partition or full queue).
+
+        Raises `FrameTooLargeError` for a message over `frame_bytes_max` (a caller bug).
+        """
+        assert not self._closed, "send on a closed transport"
+        peer = self._peers.get(to)
+        assert peer is not None, f"{self.node}: send to unknown peer {to!r}"
+        frame = encode_frame(msg, frame_bytes_max=self._frame_bytes_max)
+        if to in self.faults.drop_to:
+            self.stats.dropped_partition_out += 1
+            return False
+        if len(peer.queue) >= peer.queue_max:
+            self.stats.dropped_overflow += 1
+            return False
+        peer.queue.append((time.monotonic_ns(), frame))
+        peer.wakeup.set()
+        if peer.task is None:
+            peer.task = asyncio.get_running_loop().create_task(
+                self._peer_loop(peer), name=f"keeldb-link-{self.node}-{to}")
+        return True
+
+    def queued(self, to: NodeId) -> int:
+        return len(self._peers[to].queue)
+
+    async def _peer_loop(self, peer: _Peer) -> None:
+        attempt = 0
+        while not self._closed:
+            if attempt:
+                await asyncio.sleep(backoff_ms(attempt, self._rng, *self._backoff) / 1000)
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(*peer.addr), limits.connect_timeout_ms / 1000)
+            except (TimeoutError, OSError) as exc:
+                self.stats.connect_failures += 1
+                attempt += 1
+                log.debug("%s: connect to %s at %s failed: %s", self.node, peer.id,
+                          peer.addr, exc)
+                continue
+            attempt = 1  # after a lost link, wait one short backoff before redialling
+            self.stats.connects += 1
+            if peer.ever_connected:
+                self.stats.reconnects += 1
+            peer.ever_connected = True
+            peer.writer = writer
+            watcher = asyncio.get_running_loop().create_task(self._watch_eof(peer, reader))
+            try:
+                await self._drain_queue(peer, writer)
+            except (OSError, ConnectionError) as exc:
+                log.info("%s: link to %s lost: %s", self.node, peer.id, exc)
+            finally:
+                peer.writer = None
+                watcher.cancel()
+                writer.close()
+
+    async def _watch_eof(self, peer: _Peer, reader: asyncio.StreamReader) -> None:
+        """Peers never write on our outbound link, so any EOF or error means it is gone:
+        close it now so the next frame goes to a fresh connection instead of a dead one."""
+        try:
+            while await reader.read(READ_CHUNK_BYTES):
+                pass
+        except (OSError, ConnectionError):
+            pass
+        if peer.writer is not None:
+            peer.writer.close()
+        peer.wakeup.set()
+
+    async def _drain_queue(self, peer: _Peer, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame({HELLO: self.node}))
+        await writer.drain()
+        while not self._closed:
+            if writer.transport.is_closing():
+                raise ConnectionError("connection closed")
+            if not peer.queue:
+                peer.wakeup.clear()
+                await peer.wakeup.wait()
+                continue
+            queued_at, frame = peer.queue[0]
+            faults = self.faults
+            if faults.delay_ms and peer.id in faults.delay_to:
+                wait_ns = queued_at + faults.delay_ms * 1_000_000 - time.monotonic_ns()
+                if wait_ns > 0:
+                    # Wake early when faults change (heal) or the link breaks.
+                    peer.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(peer.wakeup.wait(), wait_ns / 1e9)
+                    except TimeoutError:
+                        pass
+                    continue
+            peer.queue.popleft()
+            if peer.id in self.faults.drop_to:
+                self.stats.dropped_partition_out += 1
+                continue
+            try:
+                writer.write(frame)
+                await writer.drain()
+            except (OSError, ConnectionError):
+                self.stats.lost_on_disconnect += 1
+                raise
+            self.stats.sent += 1
+            self.stats.per_peer_sent[peer.id] = self.stats.per_peer_sent.get(peer.id, 0) + 1
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    async def _serve_inbound(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        if self._closed or len(self._inbound) >= limits.peer_connections_in_max:
+            self.stats.inbound_refused += 1
+            log.warning("%s: refusing inbound peer connection from %s (%d open, max %d)",
+                        self.node, writer.get_extra_info("peername"), len(self._inbound),
+                        limits.peer_connections_in_max)
+            writer.close()
+            return
+        self._inbound.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._read_inbound(reader, writer)
+        except FrameError as exc:
+            self.stats.bad_frames += 1
+            log.error("%s: closing inbound connection from %s: %s", self.node,
+                      writer.get_extra_info("peername"), exc.message)
+        except (OSError, ConnectionError) as exc:
+            log.info("%s: inbound connection ended: %s", self.node, exc)
+        finally:
+            self._inbound.discard(writer)
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _read_inbound(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(frame_bytes_max=self._frame_bytes_max)
+        src: NodeId | None = None
+        while not self._closed:
+            data = await reader.read(READ_CHUNK_BYTES)
+            if not data:
+                return
+            arrived = time.monotonic_ns()
+            for msg in decoder.feed(data):
+                if src is None:
+                    src = self._hello_sender(msg, writer)
+                    if src is None:
+                        return
+                    continue
+                await self._deliver(src, msg, arrived)
+            if decoder.failed is not None:
+                raise decoder.failed
+
+    def _hello_sender(self, msg: Any, writer: asyncio.StreamWriter) -> NodeId | None:
+        sender = msg.get(HELLO) if isinstance(msg, dict) else None
+        if sender not in self._peers:
+            self.stats.inbound_refused += 1
+            log.error("%s: closing inbound connection from %s: first frame %r is not a hello "
+                      "from a known peer (%s)", self.node, writer.get_extra_info("peername"),
+                      repr(msg)[:100],
+                      ", ".join(self._peers))
+            return None
+        return NodeId(sender)
+
+    async def _deliver(self, src: NodeId, msg: Any, arrived_ns: int) -> None:
+        faults = self.faults
+        if faults.delay_ms and src in faults.delay_from:
+            wait_ns = arrived_ns + faults.delay_ms * 1_000_000 - time.monotonic_ns()
+            if wait_ns > 0:
+                await asyncio.sleep(wait_ns / 1e9)
+        if src in self.faults.drop_from:
+            self.stats.dropped_partition_in += 1
+            return
+        self.stats.received += 1
+        self.stats.per_peer_received[src] = self.stats.per_peer_received.get(src, 0) + 1
+        self._on_message(src, msg)
+
+    # --- faults and status -------------------------------------------------------------------
+
+    def set_faults(self, faults: LinkFaults) -> None:
+        """Replace the fault state; unknown peer ids are a `ConfigError`."""
+        named: Iterable[NodeId] = (faults.drop_to | faults.drop_from | faults.delay_to
+                                   | faults.delay_from)
+        unknown = sorted(set(named) - set(self._peers))
+        if unknown:
+            raise ConfigError(f"{self.node}: unknown peer(s) {unknown} in a fault command; "
+                              f"known peers: {', '.join(self._peers) or '(none)'}")
+        self.faults = faults
+        for peer in self._peers.values():
+            peer.wakeup.set()  # re-check delays now
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "port": self.port if self._server is not None else None,
+            "faults": self.faults.to_json(),
+            "stats": self.stats.to_json(),
+            "queued": {p: len(peer.queue) for p, peer in self._peers.items()},
+            "connected": sorted(p for p, peer in self._peers.items() if peer.writer),
+            "inbound": len(self._inbound),
+        }

@@ -1,0 +1,106 @@
+"""The real `World` of `keeldb.runtime.driver`: files with fsync, the event loop, TCP.
+
+One OS process hosts one node, so one `RealWorld` serves one driver:
+
+- disk: `RealDisk` over the node's data directory (fsync of files, fsync of the directory);
+- clock: the monotonic clock; timers: `loop.call_later`;
+- disk ops: run in one worker thread (so an fsync does not stall the network), completed back
+  on the loop thread as the driver requires; the driver submits one op at a time;
+- send: the asyncio `Transport`; reply: routed back to the client connection that asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from keeldb.node.effects import Apply, Message, Reply
+from keeldb.runtime.driver import IoResult
+from keeldb.runtime.real.clock import Clock, MonotonicClock
+from keeldb.runtime.real.disk import RealDisk
+from keeldb.runtime.real.transport import Transport
+from keeldb.types import NodeId
+
+log = logging.getLogger("keeldb.world")
+
+ReplyRoute = Callable[[Reply], None]
+
+
+class RealWorld:
+    """The world of one node in one process. Implements `keeldb.runtime.driver.World`."""
+
+    def __init__(self, node: NodeId, disk: RealDisk, transport: Transport,
+                 loop: asyncio.AbstractEventLoop, *, clock: Clock | None = None,
+                 io_in_thread: bool = True) -> None:
+        self.node = node
+        self._disk = disk
+        self._transport = transport
+        self._loop = loop
+        self._clock = clock or MonotonicClock()
+        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeldb-io")
+                          if io_in_thread else None)
+        self.reply_route: ReplyRoute | None = None
+        self.on_halt: Callable[[str], None] | None = None
+        self.applied_count = 0
+        self.last_applied: Any = None
+
+    def _mine(self, node: NodeId) -> None:
+        assert node == self.node, f"world of {self.node!r} asked about {node!r}"
+
+    def disk(self, node: NodeId) -> RealDisk:
+        self._mine(node)
+        return self._disk
+
+    def now_ns(self, node: NodeId) -> int:
+        self._mine(node)
+        return self._clock.now_ns()
+
+    def call_later(self, node: NodeId, delay_ns: int, fn: Callable[[], None]) -> None:
+        self._mine(node)
+        assert delay_ns >= 0
+        self._loop.call_later(delay_ns / 1e9, fn)
+
+    def submit_io(self, node: NodeId, perform: Callable[[], IoResult],
+                  complete: Callable[[IoResult], None]) -> None:
+        self._mine(node)
+        if self._executor is None:
+            complete(perform())
+            return
+        future = self._loop.run_in_executor(self._executor, perform)
+
+        def done(f: asyncio.Future[IoResult]) -> None:
+            exc = f.exception()
+            if exc is not None:  # not a KeeldbError (the driver turns those into ok=False)
+                log.critical("%s: disk op crashed: %r", self.node, exc)
+                self.halted(self.node, f"disk op crashed: {exc!r}")
+                return
+            complete(f.result())
+
+        future.add_done_callback(done)
+
+    def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
+        self._mine(src)
+        self._transport.send(dst, msg)
+
+    def reply(self, node: NodeId, reply: Reply) -> None:
+        self._mine(node)
+        assert self.reply_route is not None, "no client port attached to the world"
+        self.reply_route(reply)
+
+    def applied(self, node: NodeId, apply: Apply) -> None:
+        self._mine(node)
+        self.applied_count += 1
+        self.last_applied = apply.index
+
+    def halted(self, node: NodeId, reason: str) -> None:
+        self._mine(node)
+        log.error("%s halted itself: %s", node, reason)
+        if self.on_halt is not None:
+            self.on_halt(reason)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

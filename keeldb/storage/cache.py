@@ -1,0 +1,161 @@
+"""Caches of the read path: decoded blocks (limited by bytes) and open tables (by count).
+
+Both are LRU. They are sans-IO: the table cache reaches files through the `Disk` port.
+Concurrency: single operations are safe under the GIL (a racing eviction between a lookup
+and its LRU bump is tolerated), but byte accounting assumes callers do not `put` the same
+key from two threads at once; the embedded layer serialises reads that fill the cache.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from keeldb.errors import ConfigError, CorruptionError
+from keeldb.ports import Disk
+
+if TYPE_CHECKING:
+    from keeldb.storage.sstable import ReadStats, TableReader
+
+
+class BlockCache:
+    """LRU of decoded blocks keyed by `(table_id, block_offset)`, bounded by `bytes_max`.
+
+    `size` passed to `put` is the caller's estimate of the decoded block's heap footprint
+    (see `sstable.decoded_block_bytes`). A block bigger than the whole cache is not kept.
+    """
+
+    __slots__ = ("bytes_max", "bytes", "hits", "misses", "_entries")
+
+    def __init__(self, bytes_max: int) -> None:
+        if bytes_max < 0:
+            raise ConfigError(
+                f"block cache size {bytes_max} is negative; use 0 to disable the cache"
+            )
+        self.bytes_max = bytes_max
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        # key -> (block, size); oldest first.
+        self._entries: OrderedDict[tuple[int, int], tuple[object, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[int, int]) -> object | None:
+        found = self._entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        try:
+            self._entries.move_to_end(key)
+        except KeyError:  # evicted by another thread between get and bump
+            pass
+        return found[0]
+
+    def put(self, key: tuple[int, int], block: object, size: int) -> None:
+        assert size > 0, f"block size estimate must be positive, got {size}"
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if size > self.bytes_max:
+            return
+        self._entries[key] = (block, size)
+        self.bytes += size
+        entries = self._entries
+        while self.bytes > self.bytes_max:
+            try:
+                _, (_, evicted) = entries.popitem(last=False)
+            except KeyError:
+                break
+            self.bytes -= evicted
+        assert self.bytes <= self.bytes_max or not entries, (self.bytes, self.bytes_max)
+
+    def evict_table(self, table_id: int) -> None:
+        """Drop every block of `table_id` (its file was deleted). O(cached blocks)."""
+        doomed = [k for k in self._entries if k[0] == table_id]
+        for key in doomed:
+            found = self._entries.pop(key, None)
+            if found is not None:
+                self.bytes -= found[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+
+
+class TableCache:
+    """Open `TableReader`s, LRU, at most `files_max` of them.
+
+    A reader pushed out by the count limit is closed; iterators already running on it keep
+    working (the reader closes its file when the last one finishes), so the number of open
+    files can briefly exceed `files_max` by the number of such iterators.
+    """
+
+    __slots__ = ("_disk", "files_max", "_block_cache", "_stats", "_readers", "opens")
+
+    def __init__(
+        self, disk: Disk, files_max: int, block_cache: BlockCache, stats: ReadStats
+    ) -> None:
+        if files_max < 1:
+            raise ConfigError(
+                f"table cache size {files_max} is below 1; allow at least one open table"
+            )
+        self._disk = disk
+        self.files_max = files_max
+        self._block_cache = block_cache
+        self._stats = stats
+        self._readers: OrderedDict[int, TableReader] = OrderedDict()
+        self.opens = 0  # tables opened from disk, for tests and stats
+
+    def __len__(self) -> int:
+        return len(self._readers)
+
+    def get(self, table_id: int, name: str) -> TableReader:
+        """The open reader of `table_id` (file `name`), opening it if needed.
+
+        Raises CorruptionError if the file is missing or fails its checks on open.
+        """
+        readers = self._readers
+        reader = readers.get(table_id)
+        if reader is not None:
+            readers.move_to_end(table_id)
+            return reader
+        from keeldb.storage.sstable import TableReader  # cycle: sstable imports this module
+
+        disk = self._disk
+        try:
+            file = disk.open(name)
+        except FileNotFoundError as exc:
+            raise CorruptionError(
+                f"table file {name!r} (table {table_id}) is missing; the store lost a file: "
+                "restore it from a backup or replica",
+                path=name,
+                offset=0,
+            ) from exc
+        try:
+            reader = TableReader.open(
+                file, table_id, self._block_cache, self._stats, reopen=lambda: disk.open(name)
+            )
+        except BaseException:
+            file.close()
+            raise
+        self.opens += 1
+        readers[table_id] = reader
+        while len(readers) > self.files_max:
+            _, old = readers.popitem(last=False)
+            old.close()
+        return reader
+
+    def evict(self, table_id: int) -> None:
+        """Close the reader of `table_id` and drop its cached blocks (the table was deleted)."""
+        reader = self._readers.pop(table_id, None)
+        if reader is not None:
+            reader.close()
+        self._block_cache.evict_table(table_id)
+
+    def close(self) -> None:
+        while self._readers:
+            _, reader = self._readers.popitem(last=False)
+            reader.close()

@@ -1,0 +1,760 @@
+"""The LSM engine: WAL + memtables + leveled tables, sans-IO over the `Disk` port.
+
+Concurrency model (the embedded layer adds threads; the simulator calls everything inline):
+- Writers are serialised by the caller (one `write` at a time).
+- Readers never lock: they read `self._version`, an immutable `Version` (memtables + level
+  lists) swapped atomically. The active memtable inside it takes writes in place; entries
+  carry seqs so a snapshot ignores what is newer than itself.
+- Background work runs as bounded steps (`flush_step`, `compact_step`), one at a time (the
+  caller serialises steps too). A step does its heavy I/O without the state lock and holds
+  it only to swap the version.
+- `mutex` (any re-entrant context manager, e.g. a `threading.RLock`) guards the short
+  critical sections: memtable rotation, version swaps, snapshot and pin registration.
+  `read_mutex` guards the shared table and block caches during table reads (scans take it
+  per chunk of `limits.scan_chunk_entries` pairs, never across a yield). Compaction reads its
+  inputs through private readers, so it never holds `read_mutex`. Default: no locking.
+
+Durability: every batch is one WAL record; `write(ops, sync=True)` fsyncs it before
+returning. A memtable's WAL is deleted only after the table it became is in the manifest.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from itertools import islice
+from typing import Any
+
+from keeldb import limits
+from keeldb.errors import (
+    ClosedError,
+    ConfigError,
+    CorruptionError,
+    KeeldbError,
+    LimitExceededError,
+    StorageIOError,
+    WriteStallError,
+)
+from keeldb.ports import Disk
+from keeldb.storage import compaction as cp
+from keeldb.storage.cache import BlockCache, TableCache
+from keeldb.storage.engine import (
+    KIND_PUT,
+    STALL_NONE,
+    STALL_SLOWDOWN,
+    STALL_STOP,
+    LevelStats,
+    Options,
+    Stats,
+    VerifyReport,
+    check_key,
+    check_ops,
+    check_scan_args,
+)
+from keeldb.storage.manifest import (
+    MANIFEST_TMP,
+    ManifestState,
+    TableMeta,
+    read_manifest,
+    table_name,
+    verify_store,
+    write_manifest,
+)
+from keeldb.storage.manifest import (
+    file_number as _file_number,
+)
+from keeldb.storage.memtable import Memtable
+from keeldb.storage.merge import (
+    compact_newest,
+    compact_with_snapshots,
+    merge_sources,
+    visible_pairs,
+)
+from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
+from keeldb.storage.wal import create_wal, encode_record, read_wal, wal_name
+
+SEQ_MAX = (1 << 63) - 1
+COMPACTION_CHUNK_ENTRIES = 4096
+_KEY_MAX = limits.key_bytes_max
+
+
+class Version:
+    """What a reader needs, swapped as one object: memtables (newest first) and levels."""
+
+    __slots__ = ("mem", "imms", "levels", "l0", "sorted_levels")
+
+    def __init__(self, mem: Memtable, imms: tuple[Memtable, ...], levels: cp.Levels) -> None:
+        self.mem = mem
+        self.imms = imms
+        self.levels = levels
+        # Flat lookup structures for point reads (few attribute loads per table probed):
+        # L0 as (smallest, largest, id, name) newest first; each non-empty sorted level as
+        # (largest keys, smallest keys, ids, names) for one bisect.
+        self.l0 = tuple((t.smallest, t.largest, t.id, t.name) for t in levels[0])
+        self.sorted_levels = tuple(
+            ([t.largest for t in tables], [t.smallest for t in tables], [t.id for t in tables],
+             [t.name for t in tables])
+            for tables in levels[1:] if tables)
+
+
+class LsmSnapshot:
+    """A registered sequence number: reads see the store as of `seq`."""
+
+    def __init__(self, engine: LsmEngine, seq: int) -> None:
+        self._engine = engine
+        self.seq = seq
+        self._closed = False
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check_open()
+        return self._engine._get_at(check_key(key), self.seq)
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check_open()
+        return self._engine._scan_at(self.seq, start, end, reverse, limit)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine._release(self.seq)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("snapshot is closed; take a new one with db.snapshot()")
+        self._engine._check_open()
+
+    def __enter__(self) -> LsmSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LsmEngine:
+    """An ordered, durable key-value engine; see the module docstring."""
+
+    def __init__(self, disk: Disk, options: Options | None = None, *, create: bool = True,
+                 mutex: AbstractContextManager[Any] | None = None,
+                 read_mutex: AbstractContextManager[Any] | None = None) -> None:
+        self.disk = disk
+        self.options = options = options or Options()
+        self._check_options(options)
+        null = contextlib.nullcontext()
+        self._mu: AbstractContextManager[Any] = mutex if mutex is not None else null
+        self._rmu: AbstractContextManager[Any] = read_mutex if read_mutex is not None else null
+        self._hook: Callable[[str], None] | None = options.crash_hook
+        self.read_stats = ReadStats()
+        self.block_cache = BlockCache(options.block_cache_bytes)
+        self.table_cache = TableCache(disk, options.table_cache_files, self.block_cache,
+                                      self.read_stats)
+        self._closed = False
+        self._failed: str | None = None
+        self._snapshots: dict[int, int] = {}
+        self._snapshot_count = 0
+        self._snap_max = -1
+        self._pins: dict[int, list[Any]] = {}  # id(version) -> [version, count]
+        self._obsolete: list[TableMeta] = []
+        self._cursors: dict[int, bytes] = {}
+        self.reads = 0
+        self.stall_seconds = 0.0  # the embedded layer adds the time writers waited
+        self.counters = dict(user_bytes=0, wal_bytes=0, flush_bytes=0, compaction_bytes=0,
+                             manifest_bytes=0, flushes=0, compactions=0,
+                             write_stalls=0, trivial_moves=0, wal_tail_truncated=0)
+        self._recover(create)
+
+    @staticmethod
+    def _check_options(o: Options) -> None:
+        if o.memtable_bytes < 1024:
+            raise ConfigError(f"memtable_bytes={o.memtable_bytes} is below 1024; use a larger "
+                              f"memtable (default {limits.memtable_bytes_default})")
+        if not 1 <= o.l0_compaction_trigger <= o.l0_slowdown_files <= o.l0_stop_files:
+            raise ConfigError(f"need 1 <= l0_compaction_trigger ({o.l0_compaction_trigger}) <= "
+                              f"l0_slowdown_files ({o.l0_slowdown_files}) <= l0_stop_files "
+                              f"({o.l0_stop_files}); fix the options")
+        if o.level_size_ratio < 2 or o.level1_bytes < 1 or o.table_bytes < 1:
+            raise ConfigError("level_size_ratio must be >= 2 and level1_bytes, table_bytes "
+                              f">= 1 (got {o.level_size_ratio}, {o.level1_bytes}, "
+                              f"{o.table_bytes})")
+
+    # --- opening and recovery ---------------------------------------------------------------
+    def _recover(self, create: bool) -> None:
+        disk = self.disk
+        state = read_manifest(disk)
+        if state is None:
+            if any(_file_number(n) is not None for n in disk.list()):
+                raise CorruptionError("the directory holds tables or logs but no MANIFEST; "
+                                      "restore MANIFEST from a backup", path="MANIFEST")
+            if not create:
+                raise ConfigError("no keeldb store in this directory; pass create=True to "
+                                  "make one")
+            state = ManifestState(next_file=2, last_seq=0, log_number=1)
+            # A brand-new store gets its manifest before any other file, so a crash during
+            # creation never leaves logs without a manifest.
+            write_manifest(disk, state, self._hook)
+        numbers = [n for n in map(_file_number, disk.list()) if n is not None]
+        next_file = max([state.next_file] + [n + 1 for n in numbers])
+        live = state.table_ids()
+        for name in disk.list():  # orphans of interrupted flushes, compactions, updates
+            number = _file_number(name)
+            if name == MANIFEST_TMP or (name.endswith(".sst") and number not in live) or (
+                    name.endswith(".log") and number is not None and number < state.log_number):
+                disk.remove(name)
+        for t in sorted(live):
+            assert disk.exists(table_name(t)), f"manifest lists missing table {t}"
+        last_seq = state.last_seq
+        replay = Memtable(wal_number=0)
+        old_logs = sorted(n for n in disk.list()
+                          if n.endswith(".log") and (_file_number(n) or 0) >= state.log_number)
+        for name in old_logs:
+            for seq, ops in read_wal(disk, name, on_truncate=self._note_truncate):
+                assert seq > last_seq, f"{name}: seq {seq} is not above {last_seq}"
+                replay.apply(seq, ops, sum(len(k) + len(v) for _, k, v in ops), -1)
+                last_seq = seq
+        self._last_seq = self._visible_seq = last_seq
+        self._next_file = next_file
+        levels = state.levels
+        if len(replay):
+            replay.freeze()
+            meta = self._write_table(replay.flush_entries(), self._alloc(), "flush-mid-table")
+            levels = cp.add_l0(levels, meta)
+            self.counters["flushes"] += 1
+        wal = create_wal(disk, self._alloc())
+        self._wal = wal
+        new_state = ManifestState(next_file=self._next_file, last_seq=last_seq,
+                                  log_number=wal.number, levels=levels)
+        self.counters["manifest_bytes"] += write_manifest(disk, new_state, self._hook)
+        self._state = new_state
+        for name in old_logs:
+            disk.remove(name)
+        self._version = Version(Memtable(wal.number), (), levels)
+
+    def _note_truncate(self, dropped: int) -> None:
+        self.counters["wal_tail_truncated"] += dropped
+
+    def _alloc(self) -> int:
+        with self._mu:
+            number = self._next_file
+            self._next_file += 1
+            return number
+
+    # --- writes ------------------------------------------------------------------------------
+    def write(self, ops: list[tuple[int, bytes, bytes]], sync: bool = False) -> int:
+        """Apply a batch atomically; durable before return when `sync`. Returns its seq."""
+        self._check_writable()
+        return self.write_checked(ops, check_ops(ops), sync)
+
+    def write_checked(self, ops: list[tuple[int, bytes, bytes]], user_bytes: int,
+                      sync: bool = False) -> int:
+        """`write` for ops already validated by `check_ops` (the embedded group commit)."""
+        self._check_writable()
+        if self.write_stall() == STALL_STOP:
+            self.counters["write_stalls"] += 1
+            raise WriteStallError(
+                f"writes are stopped: {len(self._version.levels[0])} L0 tables (stop at "
+                f"{self.options.l0_stop_files}) or {len(self._version.imms)} memtables waiting "
+                "for flush; run flush_step/compact_step (the embedded DB does) and retry")
+        seq = self._last_seq + 1
+        record = encode_record(seq, ops)
+        wal = self._wal
+        try:
+            wal.append(record)
+            if self._hook is not None:
+                self._hook("wal-after-write-before-sync")
+            if sync:
+                wal.sync()
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+        self._last_seq = seq
+        counters = self.counters
+        counters["user_bytes"] += user_bytes
+        counters["wal_bytes"] += len(record)
+        with self._mu:
+            mem = self._version.mem
+            mem.apply(seq, ops, user_bytes, self._snap_max)
+            self._visible_seq = seq
+            if mem.bytes >= self.options.memtable_bytes and \
+                    len(self._version.imms) < limits.memtable_immutable_count_max:
+                self._rotate()
+        return seq
+
+    def put(self, key: bytes, value: bytes, sync: bool = False) -> int:
+        return self.write([(KIND_PUT, key, value)], sync)
+
+    def delete(self, key: bytes, sync: bool = False) -> int:
+        return self.write([(0, key, b"")], sync)
+
+    def sync(self) -> None:
+        """fsync the WAL: every write acknowledged so far becomes durable."""
+        self._check_writable()
+        try:
+            self._wal.sync()
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+
+    def _rotate(self) -> None:
+        """Freeze the active memtable and start a new one with a new WAL (under mu)."""
+        version = self._version
+        old_wal = self._wal
+        try:
+            old_wal.sync()  # older logs are complete: only the newest can have a torn tail
+            number = self._next_file
+            self._next_file += 1
+            wal = create_wal(self.disk, number)
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+        old_wal.close()
+        self._wal = wal
+        version.mem.freeze()
+        self._version = Version(Memtable(wal.number), (version.mem,) + version.imms,
+                                version.levels)
+
+    def rotate(self) -> None:
+        """Make the active memtable immutable now (db.flush() uses it)."""
+        self._check_writable()
+        with self._mu:
+            if len(self._version.mem) and \
+                    len(self._version.imms) < limits.memtable_immutable_count_max:
+                self._rotate()
+
+    def write_stall(self) -> int:
+        version = self._version
+        l0 = len(version.levels[0])
+        if l0 >= self.options.l0_stop_files:
+            return STALL_STOP
+        if version.mem.bytes >= self.options.memtable_bytes and \
+                len(version.imms) >= limits.memtable_immutable_count_max:
+            return STALL_STOP
+        if l0 >= self.options.l0_slowdown_files:
+            return STALL_SLOWDOWN
+        return STALL_NONE
+
+    def _fail(self, exc: BaseException) -> None:
+        """After an I/O error (ENOSPC, failed fsync) the store only reads until reopened.
+
+        A failed fsync may have dropped dirty pages: retrying it and trusting success would
+        acknowledge lost data (the "fsyncgate" lesson), so nothing is written again.
+        """
+        if self._failed is None:
+            self._failed = str(exc)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the store is closed; open it again with keeldb.open(path)")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self._failed is not None:
+            raise StorageIOError(f"the store is read-only after an I/O error ({self._failed}); "
+                                 "fix the cause (free space, check the disk), then reopen it")
+
+    # --- reads -------------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        if type(key) is not bytes or not 0 < len(key) <= _KEY_MAX:
+            key = check_key(key)
+        if self._closed:
+            self._check_open()
+        self.reads += 1
+        version = self._version
+        entry = version.mem.table.get(key)
+        if entry is None:
+            for imm in version.imms:
+                entry = imm.table.get(key)
+                if entry is not None:
+                    break
+            else:
+                found = self._get_tables(version, key, SEQ_MAX)
+                return found[2] if found is not None and found[1] else None
+        return entry[3] if entry[2] else None
+
+    def _get_at(self, key: bytes, seq: int) -> bytes | None:
+        self.reads += 1
+        version = self._version
+        for mem in (version.mem,) + version.imms:
+            entry = mem.get_at(key, seq)
+            if entry is not None:
+                return entry[3] if entry[2] else None
+        found = self._get_tables(version, key, seq)
+        return found[2] if found is not None and found[1] else None
+
+    def _get_tables(self, version: Version, key: bytes, seq: int) -> tuple[int, int, bytes] | None:
+        """Newest version <= seq in the tables: L0 newest first, then one table per level."""
+        with self._rmu:
+            try:
+                tc_get = self.table_cache.get
+                for smallest, largest, tid, name in version.l0:
+                    if smallest <= key <= largest:
+                        found = tc_get(tid, name).get(key, seq)
+                        if found is not None:
+                            return found
+                for largests, smallests, ids, names in version.sorted_levels:
+                    i = bisect_left(largests, key)
+                    if i < len(ids) and smallests[i] <= key:
+                        found = tc_get(ids[i], names[i]).get(key, seq)
+                        if found is not None:
+                            return found
+                return None
+            except KeeldbError:
+                if self._version is version or self._closed:
+                    raise
+        # A compaction deleted a table this read was about to open: read the new version.
+        return self._get_tables(self._version, key, seq)
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check_open()
+        return self._scan_at(None, start, end, reverse, limit)
+
+    def _scan_at(self, seq: int | None, start: bytes | None, end: bytes | None, reverse: bool,
+                 limit: int | None) -> Iterator[tuple[bytes, bytes]]:
+        n = check_scan_args(start, end, limit)
+        with self._mu:  # register seq + pin the version atomically with reading them
+            if seq is None:
+                seq = self._visible_seq
+            self._register(seq)
+            version = self._version
+            pin = self._pins.setdefault(id(version), [version, 0])
+            pin[1] += 1
+        return self._scan_gen(version, seq, start, end, reverse, n)
+
+    def _scan_gen(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
+                  reverse: bool, limit: int) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            if start is not None and end is not None and start >= end:
+                return
+            sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq)
+                                            for m in (version.mem,) + version.imms]
+            with self._rmu:
+                for t in version.levels[0]:
+                    if (end is None or t.smallest < end) and (start is None or t.largest >= start):
+                        reader = self.table_cache.get(t.id, t.name)
+                        sources.append(reader.iter(start, end, reverse))
+            for tables in version.levels[1:]:
+                if tables:
+                    sources.append(self._level_iter(tables, start, end, reverse))
+            pairs = visible_pairs(merge_sources(sources, reverse), seq, limit)
+            chunk_max = limits.scan_chunk_entries
+            while True:
+                with self._rmu:
+                    chunk = list(islice(pairs, chunk_max))
+                yield from chunk
+                if len(chunk) < chunk_max:
+                    return
+        finally:
+            with self._mu:
+                self._release_locked(seq)
+                pin = self._pins[id(version)]
+                pin[1] -= 1
+                if not pin[1]:
+                    del self._pins[id(version)]
+
+    def _level_iter(self, tables: tuple[TableMeta, ...], start: bytes | None, end: bytes | None,
+                    reverse: bool) -> Iterator[Any]:
+        """Entries of one sorted level, opening tables only as the scan reaches them."""
+        largest = [t.largest for t in tables]
+        if not reverse:
+            i = 0 if start is None else bisect.bisect_left(largest, start)
+            for t in tables[i:]:
+                if end is not None and t.smallest >= end:
+                    return
+                yield from self.table_cache.get(t.id, t.name).iter(start, end)
+        else:
+            i = len(tables) if end is None else bisect.bisect_left(largest, end) + 1
+            for t in reversed(tables[:i]):
+                if start is not None and t.largest < start:
+                    return
+                yield from self.table_cache.get(t.id, t.name).iter(start, end, True)
+
+    # --- snapshots -----------------------------------------------------------------------------
+    def snapshot(self) -> LsmSnapshot:
+        self._check_open()
+        with self._mu:
+            if self._snapshot_count >= limits.snapshots_open_max:
+                raise LimitExceededError(
+                    f"{self._snapshot_count} snapshots are open (snapshots_open_max="
+                    f"{limits.snapshots_open_max}); close snapshots you no longer need")
+            seq = self._visible_seq
+            self._register(seq)
+        return LsmSnapshot(self, seq)
+
+    def _register(self, seq: int) -> None:
+        self._snapshots[seq] = self._snapshots.get(seq, 0) + 1
+        self._snapshot_count += 1
+        self._snap_max = max(self._snap_max, seq)
+
+    def _release(self, seq: int) -> None:
+        with self._mu:
+            self._release_locked(seq)
+
+    def _release_locked(self, seq: int) -> None:
+        count = self._snapshots[seq] - 1
+        self._snapshot_count -= 1
+        if count:
+            self._snapshots[seq] = count
+        else:
+            del self._snapshots[seq]
+            if seq == self._snap_max:
+                self._snap_max = max(self._snapshots, default=-1)
+
+    def live_snapshots(self) -> list[int]:
+        with self._mu:
+            return sorted(self._snapshots)
+
+    # --- flush ---------------------------------------------------------------------------------
+    def flush_step(self) -> bool:
+        """Write the oldest immutable memtable to an L0 table and install it."""
+        if self._failed is not None or self._closed:
+            return False
+        version = self._version
+        if not version.imms:
+            return False
+        imm = version.imms[-1]
+        try:
+            meta = self._write_table(imm.flush_entries(), self._alloc(), "flush-mid-table")
+            if self._hook is not None:
+                self._hook("flush-before-manifest")
+            current = self._version
+            remaining = [m for m in (current.mem,) + current.imms if m is not imm]
+            levels = cp.add_l0(current.levels, meta)
+            self._install(levels, log_number=min(m.wal_number for m in remaining),
+                          last_seq=imm.seq_max, drop_imm=imm)
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+        self.disk.remove(wal_name(imm.wal_number))
+        self.counters["flushes"] += 1
+        self.counters["flush_bytes"] += meta.file_bytes
+        return True
+
+    def _write_table(self, entries: list[Any], number: int, crash_point: str) -> TableMeta:
+        assert entries, "flush of an empty memtable"
+        file = self.disk.create(table_name(number))
+        try:
+            writer = TableWriter(file, block_bytes=self.options.block_bytes,
+                                 bloom_bits_per_key=self.options.bloom_bits_per_key,
+                                 compression=self.options.compression,
+                                 expected_entries=len(entries))
+            half = len(entries) // 2
+            writer.add_many(entries[:half])
+            if self._hook is not None:
+                self._hook(crash_point)
+            writer.add_many(entries[half:])
+            props = writer.finish()
+        finally:
+            file.close()
+        return self._meta(number, props)
+
+    @staticmethod
+    def _meta(number: int, props: Any) -> TableMeta:
+        return TableMeta(id=number, file_bytes=props.file_bytes, smallest=props.smallest,
+                         largest=props.largest, entries=props.entries,
+                         tombstones=props.tombstones, seq_min=props.seq_min,
+                         seq_max=props.seq_max, raw_key_bytes=props.raw_key_bytes,
+                         raw_value_bytes=props.raw_value_bytes)
+
+    def _install(self, levels: cp.Levels, *, log_number: int | None = None,
+                 last_seq: int | None = None, drop_imm: Memtable | None = None) -> None:
+        """Make `levels` durable in the manifest, then visible to readers."""
+        old = self._state
+        state = ManifestState(
+            next_file=self._next_file,
+            last_seq=max(old.last_seq, last_seq or 0),
+            log_number=old.log_number if log_number is None else log_number,
+            levels=levels)
+        self.counters["manifest_bytes"] += write_manifest(self.disk, state, self._hook)
+        self._state = state
+        with self._mu:
+            current = self._version
+            imms = tuple(m for m in current.imms if m is not drop_imm)
+            self._version = Version(current.mem, imms, levels)
+
+    # --- compaction ----------------------------------------------------------------------------
+    def compact_step(self, force: bool = False) -> bool:
+        """Run one compaction if a level is over its target (any level when `force`)."""
+        if self._failed is not None or self._closed:
+            return False
+        version = self._version
+        plan = cp.pick_compaction(version.levels, self.options, self._cursors, force)
+        if plan is None:
+            return False
+        try:
+            if plan.trivial_move:
+                outputs = plan.inputs
+                self.counters["trivial_moves"] += 1
+            else:
+                outputs = self._run_compaction(plan, version)
+            if self._hook is not None:
+                self._hook("compaction-before-manifest")
+            levels = cp.apply_compaction(self._version.levels, plan, outputs)
+            self._install(levels)
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+        if plan.level > 0:
+            self._cursors[plan.level] = plan.inputs[-1].largest
+        if not plan.trivial_move:
+            self._obsolete.extend(plan.inputs + plan.overlaps)
+            self.counters["compaction_bytes"] += sum(t.file_bytes for t in outputs)
+        self.counters["compactions"] += 1
+        self._delete_obsolete()
+        return True
+
+    def _run_compaction(self, plan: cp.CompactionPlan, version: Version) -> tuple[TableMeta, ...]:
+        tables = plan.inputs + plan.overlaps
+        # Private readers without a cache: compaction never disturbs the readers' caches.
+        files = [self.disk.open(t.name) for t in tables]
+        try:
+            sources = [TableReader.open(f, t.id, BlockCache(0), ReadStats()).iter()
+                       for f, t in zip(files, tables, strict=True)]
+            return self._write_outputs(merge_sources(sources), plan)
+        finally:
+            for f in files:
+                f.close()
+
+    def _write_outputs(self, merged: Iterator[Any], plan: cp.CompactionPlan) -> tuple[TableMeta, ...]:
+        # Output tables are cut between chunks: keep chunks small next to table_bytes.
+        chunk_max = max(8, min(COMPACTION_CHUNK_ENTRIES, self.options.table_bytes // 128))
+        snapshots = self.live_snapshots()
+        if snapshots:
+            chunks = compact_with_snapshots(merged, snapshots, plan.bottom, chunk_max)
+        else:
+            chunks = compact_newest(merged, plan.bottom, chunk_max)
+        outputs: list[TableMeta] = []
+        writer: TableWriter | None = None
+        file = None
+        number = 0
+        try:
+            for chunk in chunks:
+                if writer is None:
+                    number = self._alloc()
+                    file = self.disk.create(table_name(number))
+                    writer = TableWriter(file, block_bytes=self.options.block_bytes,
+                                         bloom_bits_per_key=self.options.bloom_bits_per_key,
+                                         compression=self.options.compression)
+                writer.add_many(chunk)
+                if writer.estimated_bytes() >= self.options.table_bytes:
+                    if self._hook is not None:
+                        self._hook("compaction-mid-output")
+                    outputs.append(self._meta(number, writer.finish()))
+                    assert file is not None
+                    file.close()
+                    writer = file = None
+            if writer is not None:
+                if self._hook is not None:
+                    self._hook("compaction-mid-output")
+                outputs.append(self._meta(number, writer.finish()))
+        finally:
+            if file is not None:
+                file.close()
+        return tuple(outputs)
+
+    def _delete_obsolete(self) -> None:
+        """Delete compacted-away tables that no running scan still reads."""
+        with self._mu:
+            pinned = {t.id for pin in self._pins.values() for lv in pin[0].levels for t in lv}
+            doomed = [t for t in self._obsolete if t.id not in pinned]
+            self._obsolete = [t for t in self._obsolete if t.id in pinned]
+        for t in doomed:
+            with self._rmu:
+                self.table_cache.evict(t.id)
+            self.disk.remove(t.name)
+
+    def compact_range(self) -> None:
+        """Flush everything and compact until every level is within its target and no
+        level above the deepest holds tables (the work `db.compact()` asks for)."""
+        self.rotate()
+        while self.flush_step():
+            pass
+        while self.compact_step(force=True):
+            pass
+
+    # --- stats, verify, close ------------------------------------------------------------------
+    def stats(self) -> Stats:
+        version = self._version
+        c = self.counters
+        rs = self.read_stats
+        bc = self.block_cache
+        levels = tuple(LevelStats(level=i, files=len(t), bytes=cp.level_bytes(t))
+                       for i, t in enumerate(version.levels))
+        mems = (version.mem,) + version.imms
+        table_bytes = sum(lv.bytes for lv in levels)
+        wal_bytes = sum(self._file_size(wal_name(m.wal_number)) for m in mems)
+        disk_bytes = table_bytes + wal_bytes + self._file_size("MANIFEST")
+        # Upper bound of the live data: raw bytes of every table and memtable (exact after a
+        # full compaction of data without overwrites).
+        live = sum(t.raw_key_bytes + t.raw_value_bytes for lv in version.levels for t in lv)
+        live += sum(m.bytes for m in mems)
+        written = c["wal_bytes"] + c["flush_bytes"] + c["compaction_bytes"]
+        lookups = self.reads
+        cache_total = bc.hits + bc.misses
+        # FPR = false positives / probes of keys the table did not hold
+        absent_probes = rs.bloom_useful + rs.bloom_false_positives
+        return Stats(
+            levels=levels,
+            memtable_bytes=version.mem.bytes,
+            immutable_memtables=len(version.imms),
+            last_seq=self._visible_seq,
+            user_bytes_written=c["user_bytes"],
+            wal_bytes_written=c["wal_bytes"],
+            flush_bytes_written=c["flush_bytes"],
+            compaction_bytes_written=c["compaction_bytes"],
+            write_amplification=written / c["user_bytes"] if c["user_bytes"] else 0.0,
+            live_bytes_estimate=live,
+            disk_bytes=disk_bytes,
+            space_amplification=disk_bytes / live if live else 0.0,
+            reads=lookups,
+            tables_touched_per_read=rs.tables_touched / lookups if lookups else 0.0,
+            bloom_checks=rs.bloom_checks,
+            bloom_useful=rs.bloom_useful,
+            bloom_false_positives=rs.bloom_false_positives,
+            bloom_false_positive_rate=(rs.bloom_false_positives / absent_probes
+                                       if absent_probes else 0.0),
+            block_cache_hits=bc.hits,
+            block_cache_misses=bc.misses,
+            block_cache_hit_rate=bc.hits / cache_total if cache_total else 0.0,
+            block_cache_bytes=bc.bytes,
+            flushes=c["flushes"],
+            compactions=c["compactions"],
+            write_stalls=c["write_stalls"],
+            write_stall_seconds=self.stall_seconds,
+        )
+
+    def _file_size(self, name: str) -> int:
+        try:
+            file = self.disk.open(name)
+        except FileNotFoundError:
+            return 0
+        try:
+            return file.size()
+        finally:
+            file.close()
+
+    def verify(self) -> VerifyReport:
+        """Check the manifest, every live table and the live WALs (read-only)."""
+        self._check_open()
+        return verify_store(self.disk, self.options)
+
+    @property
+    def last_seq(self) -> int:
+        return self._visible_seq
+
+    @property
+    def version(self) -> Version:
+        return self._version
+
+    def close(self) -> None:
+        """Close files. Unsynced WAL bytes stay in OS buffers (policy 'never' keeps them)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(StorageIOError):
+            self._delete_obsolete()
+        self._wal.close()
+        self.table_cache.close()
+

@@ -1,0 +1,148 @@
+"""The memtable: a dict of the newest version per key, sorted only when needed.
+
+`table` maps key -> Entry `(key, seq, kind, value)` of the newest version. Older versions are
+kept (in `old`, oldest first) only when a live snapshot could still read them, i.e. when the
+overwritten version's seq is <= the newest live snapshot's seq; otherwise no reader can ever
+see them and they are dropped at once. A sorted key list is built lazily for scans and flushes
+and cached until a write adds a key.
+
+Byte accounting: each version costs `len(key) + len(value) + ENTRY_OVERHEAD_BYTES`; the engine
+makes the memtable immutable once `bytes` reaches `Options.memtable_bytes`.
+
+Batches are applied with one `dict.update` over a prepared list, which runs in C without
+releasing the GIL, so a concurrent reader never sees half of a batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+
+Entry = tuple[bytes, int, int, bytes]
+
+# Internal-key overhead charged per version (seq + kind + bookkeeping), like RocksDB's 8 bytes
+# of packed seq/type plus the skiplist node; keeps tiny values from making huge memtables.
+ENTRY_OVERHEAD_BYTES = 16
+
+
+class Memtable:
+    """Mutable until `freeze()`; then read-only and flushed to one or more tables."""
+
+    __slots__ = (
+        "table",
+        "old",
+        "bytes",
+        "wal_number",
+        "seq_min",
+        "seq_max",
+        "frozen",
+        "_sorted",
+        "versions",
+    )
+
+    def __init__(self, wal_number: int) -> None:
+        self.table: dict[bytes, Entry] = {}
+        self.old: dict[bytes, list[Entry]] = {}
+        self.bytes = 0
+        self.wal_number = wal_number
+        self.seq_min = 0
+        self.seq_max = 0
+        self.frozen = False
+        self.versions = 0
+        self._sorted: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def apply(
+        self, seq: int, ops: list[tuple[int, bytes, bytes]], user_bytes: int, snapshot_max: int
+    ) -> None:
+        """Apply one batch at `seq`. `snapshot_max` is the newest live snapshot (or -1)."""
+        assert not self.frozen, "write into a frozen memtable"
+        assert seq > self.seq_max, f"seq {seq} not above memtable seq_max {self.seq_max}"
+        table = self.table
+        if snapshot_max >= self.seq_min and table:
+            self._retain(ops, snapshot_max)
+        before = len(table)
+        if len(ops) == 1:
+            kind, key, value = ops[0]
+            table[key] = (key, seq, kind, value)
+        else:
+            table.update([(key, (key, seq, kind, value)) for kind, key, value in ops])
+        if len(table) != before:
+            self._sorted = None
+        if not self.seq_min:
+            self.seq_min = seq
+        self.seq_max = seq
+        self.versions += len(ops)
+        self.bytes += user_bytes + ENTRY_OVERHEAD_BYTES * len(ops)
+
+    def _retain(self, ops: list[tuple[int, bytes, bytes]], snapshot_max: int) -> None:
+        table = self.table
+        old = self.old
+        for _, key, _ in ops:
+            prev = table.get(key)
+            if prev is not None and prev[1] <= snapshot_max:
+                versions = old.get(key)
+                if versions is None:
+                    old[key] = [prev]
+                elif versions[-1][1] != prev[1]:
+                    versions.append(prev)
+
+    def get_at(self, key: bytes, seq: int) -> Entry | None:
+        """The newest version of `key` with seq <= `seq` held here, or None."""
+        entry = self.table.get(key)
+        if entry is None or entry[1] <= seq:
+            return entry
+        for version in reversed(self.old.get(key, ())):
+            if version[1] <= seq:
+                return version
+        return None
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    def sorted_keys(self) -> list[bytes]:
+        keys = self._sorted
+        if keys is None:
+            keys = self._sorted = sorted(self.table)
+        return keys
+
+    def flush_entries(self) -> list[Entry]:
+        """Every version, sorted by (key asc, seq desc), as tables want them."""
+        table = self.table
+        keys = self.sorted_keys()
+        if not self.old:
+            return [table[k] for k in keys]
+        old = self.old
+        out: list[Entry] = []
+        for k in keys:
+            out.append(table[k])
+            versions = old.get(k)
+            if versions:
+                out.extend(reversed(versions))
+        return out
+
+    def iter(
+        self, start: bytes | None, end: bytes | None, reverse: bool, seq: int
+    ) -> Iterator[Entry]:
+        """The version visible at `seq` of each key in [start, end), in key order."""
+        keys = self.sorted_keys()
+        lo = 0 if start is None else bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        table = self.table
+        rng = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
+        if self.frozen and seq >= self.seq_max:
+            for i in rng:
+                yield table[keys[i]]
+            return
+        # The active memtable may take writes while this runs: check every entry's seq.
+        get_at = self.get_at
+        for i in rng:
+            entry = table[keys[i]]
+            if entry[1] > seq:
+                found = get_at(keys[i], seq)
+                if found is None:
+                    continue
+                entry = found
+            yield entry

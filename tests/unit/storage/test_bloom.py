@@ -1,0 +1,81 @@
+"""Bloom filter: no false negatives, a bounded false-positive rate, a stable format."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keeldb.storage.bloom import (
+    BloomFilter,
+    blocks_for,
+    false_positive_rate,
+    measure_false_positive_rate,
+)
+
+
+def test_false_positive_rate_at_10_bits_per_key() -> None:
+    # 100k present, 100k absent keys: the blocked layout measures ~1.1 % here.
+    rate = measure_false_positive_rate(100_000, 100_000, 10)
+    assert 0.001 < rate < 0.02, rate
+
+
+@pytest.mark.parametrize(("bits", "bound"), [(4, 0.2), (8, 0.04), (16, 0.002)])
+def test_rate_falls_with_more_bits(bits: int, bound: float) -> None:
+    assert measure_false_positive_rate(20_000, 50_000, bits, seed=1) < bound
+
+
+@settings(max_examples=50, deadline=None)
+@given(keys=st.lists(st.binary(min_size=1, max_size=30), max_size=300), bits=st.integers(1, 20))
+def test_no_false_negatives_and_round_trip(keys: list[bytes], bits: int) -> None:
+    bloom = BloomFilter.build(keys, bits)
+    assert all(map(bloom.may_contain, keys))
+    loaded = BloomFilter.from_bytes(bloom.to_bytes())
+    assert loaded.to_bytes() == bloom.to_bytes()
+    assert all(map(loaded.may_contain, keys))
+
+
+def test_size_follows_bits_per_key() -> None:
+    bloom = BloomFilter.build([b"%d" % i for i in range(10_000)], 10)
+    assert bloom.nbytes == blocks_for(10_000, 10) * 64
+    assert 10_000 * 10 // 8 <= bloom.nbytes < 10_000 * 10 // 8 + 64
+
+
+def test_empty_filter_contains_nothing() -> None:
+    bloom = BloomFilter.build([], 10)
+    assert false_positive_rate(bloom, [b"a", b"b", b"c"]) == 0.0
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x02\x03\x03\x01\x00\x00\x00" + bytes(64), b"\x01\x03\x03\x02\x00\x00\x00"]
+)
+def test_bad_bytes_are_rejected(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        BloomFilter.from_bytes(data)
+
+
+_CHILD = (
+    "import sys, xxhash\n"
+    "from keeldb.storage.bloom import BloomFilter\n"
+    "b = BloomFilter.build([b'k%d' % i for i in range(2000)], 10).to_bytes()\n"
+    "sys.stdout.write(xxhash.xxh3_64_hexdigest(b))\n"
+)
+
+
+def test_same_bytes_in_processes_with_different_hash_seeds() -> None:
+    digests = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
+        )
+        digests.add(out.stdout)
+    keys = [b"k%d" % i for i in range(2000)]
+    import xxhash
+
+    digests.add(xxhash.xxh3_64_hexdigest(BloomFilter.build(keys, 10).to_bytes()))
+    assert len(digests) == 1, digests

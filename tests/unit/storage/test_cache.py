@@ -1,0 +1,143 @@
+"""Block cache (bytes-bounded LRU) and table cache (count-bounded LRU)."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import pytest
+
+from keeldb.errors import ConfigError, CorruptionError
+from keeldb.runtime.memdisk import MemoryDisk
+from keeldb.storage.cache import BlockCache, TableCache
+from keeldb.storage.engine import KIND_PUT
+from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
+
+
+def test_lru_order_and_byte_limit() -> None:
+    cache = BlockCache(100)
+    cache.put((1, 0), "a", 40)
+    cache.put((1, 1), "b", 40)
+    assert cache.get((1, 0)) == "a"  # (1, 1) is now the oldest
+    cache.put((1, 2), "c", 40)
+    assert cache.get((1, 1)) is None
+    assert cache.get((1, 0)) == "a" and cache.get((1, 2)) == "c"
+    assert cache.bytes == 80 <= cache.bytes_max
+    assert (cache.hits, cache.misses) == (3, 1)
+
+
+def test_replacing_a_key_keeps_accounting_exact() -> None:
+    cache = BlockCache(100)
+    cache.put((1, 0), "a", 30)
+    cache.put((1, 0), "b", 50)
+    assert cache.bytes == 50 and len(cache) == 1 and cache.get((1, 0)) == "b"
+
+
+def test_block_bigger_than_cache_is_not_kept() -> None:
+    cache = BlockCache(100)
+    cache.put((1, 0), "a", 60)
+    cache.put((1, 1), "big", 101)
+    assert cache.get((1, 1)) is None and cache.get((1, 0)) == "a"
+    zero = BlockCache(0)
+    zero.put((1, 0), "a", 1)
+    assert zero.get((1, 0)) is None and zero.bytes == 0
+
+
+def test_evict_table_drops_only_that_table() -> None:
+    cache = BlockCache(1000)
+    for table in (1, 2):
+        for off in range(3):
+            cache.put((table, off), (table, off), 10)
+    cache.evict_table(1)
+    assert cache.bytes == 30 and len(cache) == 3
+    assert cache.get((1, 0)) is None and cache.get((2, 2)) == (2, 2)
+
+
+def test_negative_sizes_are_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        BlockCache(-1)
+    with pytest.raises(ConfigError):
+        TableCache(MemoryDisk(), 0, BlockCache(10), ReadStats())
+
+
+def _write(disk: MemoryDisk, name: str, n: int = 2000, value_bytes: int = 100) -> None:
+    file = disk.create(name)
+    writer = TableWriter(file, block_bytes=4096, bloom_bits_per_key=10)
+    writer.add_many((b"key%09d" % i, 1, KIND_PUT, b"%d" % i * value_bytes) for i in range(n))
+    writer.finish()
+    file.close()
+
+
+def test_reads_respect_the_byte_limit() -> None:
+    disk = MemoryDisk()
+    _write(disk, "t.sst", n=5000)
+    cache = BlockCache(50_000)
+    reader = TableReader.open(disk.open("t.sst"), 1, cache, ReadStats())
+    for _ in range(2):
+        for i in range(0, 5000, 7):
+            assert reader.get(b"key%09d" % i, 5) is not None
+            assert cache.bytes <= 50_000
+    assert cache.misses > reader.props.data_blocks  # evictions forced re-reads
+    assert len(cache) >= 2
+
+
+@pytest.mark.parametrize(("key_bytes", "value_bytes"), [(16, 100), (8, 10), (30, 1000)])
+def test_decoded_size_estimate_is_honest(key_bytes: int, value_bytes: int) -> None:
+    """The estimate may not undercount the heap a decoded block really takes."""
+    disk = MemoryDisk()
+    file = disk.create("t.sst")
+    writer = TableWriter(file, block_bytes=64 * 1024, bloom_bits_per_key=10)
+    writer.add_many(
+        ((b"%0*d" % (key_bytes, i)), i + 1000, KIND_PUT, (b"%d" % i).ljust(value_bytes, b"x"))
+        for i in range(3000)
+    )
+    writer.finish()
+    reader = TableReader.open(disk.open("t.sst"), 1, BlockCache(0), ReadStats())
+    reader._decode(0)  # warm the module's parser cache, which is not part of the block
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        block, estimate = reader._decode(0)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    actual = after - before
+    assert actual <= estimate <= 1.5 * actual, (actual, estimate, len(block[0]))
+
+
+def test_table_cache_count_limit_and_reuse() -> None:
+    disk = MemoryDisk()
+    for t in range(5):
+        _write(disk, f"{t}.sst", n=100)
+    cache = TableCache(disk, 2, BlockCache(1 << 20), ReadStats())
+    first = cache.get(0, "0.sst")
+    assert cache.get(0, "0.sst") is first and cache.opens == 1
+    for t in range(1, 5):
+        cache.get(t, f"{t}.sst")
+        assert len(cache) <= 2
+    assert cache.opens == 5
+    assert first._file_closed  # pushed out by the limit, so closed
+    # a holder of the evicted reader still gets answers (it reopens the file per read)
+    assert first.get(b"key%09d" % 5, 5) is not None
+    again = cache.get(0, "0.sst")
+    assert again is not first and cache.opens == 6
+    cache.close()
+    assert len(cache) == 0
+
+
+def test_table_cache_evict_drops_blocks() -> None:
+    disk = MemoryDisk()
+    _write(disk, "1.sst")
+    blocks = BlockCache(1 << 20)
+    cache = TableCache(disk, 4, blocks, ReadStats())
+    reader = cache.get(1, "1.sst")
+    list(reader.iter())
+    assert blocks.bytes > 0
+    cache.evict(1)
+    assert blocks.bytes == 0 and len(cache) == 0 and reader._file_closed
+
+
+def test_table_cache_missing_file_is_corruption() -> None:
+    cache = TableCache(MemoryDisk(), 4, BlockCache(1 << 20), ReadStats())
+    with pytest.raises(CorruptionError) as info:
+        cache.get(9, "9.sst")
+    assert info.value.path == "9.sst"

@@ -63,17 +63,18 @@ Op = tuple[int, bytes, bytes]
 
 
 class _Writer:
-    """One queued batch waiting for the group-commit leader."""
+    """One queued batch. A writer that finds the queue busy blocks on its own `wake` lock
+    until the leader releases it: either done (with `seq` or `error`) or made the leader."""
 
-    __slots__ = ("ops", "user_bytes", "sync", "done", "error", "seq")
+    __slots__ = ("ops", "user_bytes", "done", "error", "seq", "wake")
 
-    def __init__(self, ops: list[Op], user_bytes: int, sync: bool) -> None:
+    def __init__(self, ops: list[Op], user_bytes: int) -> None:
         self.ops = ops
         self.user_bytes = user_bytes
-        self.sync = sync
         self.done = False
         self.error: BaseException | None = None
         self.seq = 0
+        self.wake: Any = None
 
 
 def _acquire_lock(path: str) -> int:
@@ -199,6 +200,8 @@ class DB:
                               "keeldb.storage.engine.Options") from exc
         self.path = str(path)
         self.sync_policy = sync
+        self._sync_always = sync == "always"
+        self._sync_batch = sync == "batch"
         self._sync_interval = sync_interval_ms / 1000
         self._sync_bytes = sync_bytes
         self._closed = False
@@ -210,7 +213,7 @@ class DB:
         self._read_mu = threading.Lock()  # shared table/block caches
         self._job_lock = threading.Lock()  # one flush/compaction step at a time
         self._wal_lock = threading.Lock()  # WAL append, fsync and rotation
-        self._queue_cv = threading.Condition(threading.Lock())  # group commit queue
+        self._qlock = threading.Lock()  # the group commit queue
         self._queue: deque[_Writer] = deque()
         self._bg_cv = threading.Condition(threading.Lock())  # background wake-ups, stalls
         self._unsynced = 0
@@ -226,6 +229,10 @@ class DB:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        self._seen_version: Any = getattr(self.engine, "version", None)
+        self._lsm = isinstance(self.engine, LsmEngine)
+        self._slowdown_files = opts.l0_slowdown_files
+        self.get = self.engine.get  # type: ignore[method-assign]
         self._stop = False
         self._bg = threading.Thread(target=self._background, name=f"keeldb-bg:{self.path}",
                                     daemon=True)
@@ -233,12 +240,15 @@ class DB:
 
     # --- writes ------------------------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:
-        key = check_key(key)
-        value = check_value(value)
+        if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
+            key = check_key(key)
+        if type(value) is not bytes or len(value) > limits.value_bytes_max:
+            value = check_value(value)
         self._write([(KIND_PUT, key, value)], len(key) + len(value))
 
     def delete(self, key: bytes) -> None:
-        key = check_key(key)
+        if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
+            key = check_key(key)
         self._write([(KIND_DELETE, key, b"")], len(key))
 
     def write(self, ops: list[tuple[int, bytes, bytes]]) -> int:
@@ -251,48 +261,88 @@ class DB:
         return WriteBatch(self)
 
     def _write(self, ops: list[Op], user_bytes: int) -> int:
-        """Group commit: queue, and either wait for a leader or lead a group."""
-        self._check_open()
-        sync = self.sync_policy == "always"
-        me = _Writer(ops, user_bytes, sync)
-        with self._queue_cv:
-            self._queue.append(me)
-            while not me.done and self._queue[0] is not me:
-                self._queue_cv.wait()
+        """Group commit: join the queue; the writer at its head leads a group."""
+        if self._closed:
+            self._check_open()
+        if not self._queue and self._lsm and self._wal_lock.acquire(False):
+            # Fast path, nobody else writing: no queue. A writer arriving now queues up and
+            # its leader waits for the WAL lock, so the order stays one at a time.
+            try:
+                version = self.engine.version
+                if version.imms or len(version.l0) >= self._slowdown_files:
+                    self._wal_lock.release()
+                    try:
+                        self._wait_for_room()
+                    finally:
+                        self._wal_lock.acquire()
+                seq = self.engine.write_checked(ops, user_bytes, self._sync_always)
+                if self._sync_batch:
+                    self._unsynced += user_bytes
+                    if self._unsynced >= self._sync_bytes:
+                        self._sync_locked()
+            finally:
+                self._wal_lock.release()
+            if self.engine.version is not self._seen_version:
+                self._kick_background()
+            return seq  # type: ignore[no-any-return]
+        me = _Writer(ops, user_bytes)
+        with self._qlock:
+            queue = self._queue
+            queue.append(me)
+            if len(queue) > 1:  # somebody is writing: wait to be woken
+                me.wake = threading.Lock()
+                me.wake.acquire()
+        if me.wake is not None:
+            me.wake.acquire()
             if me.done:
                 if me.error is not None:
                     raise me.error
                 return me.seq
+        return self._lead(me)
+
+    def _lead(self, me: _Writer) -> int:
+        """Write `me` and the writers queued behind it as one WAL record (and one fsync)."""
+        with self._qlock:
+            queue = self._queue
+            assert queue[0] is me, "only the head of the queue leads"
             group = [me]
-            total = user_bytes
-            for other in list(self._queue)[1:]:
+            total = me.user_bytes
+            count = len(me.ops)
+            for i in range(1, len(queue)):
+                other = queue[i]
                 if total + other.user_bytes > limits.group_commit_bytes_max or \
-                        len(group) >= limits.batch_ops_max:
+                        count + len(other.ops) > limits.batch_ops_max:
                     break
                 group.append(other)
                 total += other.user_bytes
+                count += len(other.ops)
         error: BaseException | None = None
         seq = 0
         try:
             self._wait_for_room()
-            merged = ops if len(group) == 1 else [op for w in group for op in w.ops]
+            ops = me.ops if len(group) == 1 else [op for w in group for op in w.ops]
             with self._wal_lock:
-                seq = self.engine.write_checked(merged, total, any(w.sync for w in group))
-                if self.sync_policy == "batch":
+                seq = self.engine.write_checked(ops, total, self._sync_always)
+                if self._sync_batch:
                     self._unsynced += total
                     if self._unsynced >= self._sync_bytes:
                         self._sync_locked()
-            self._kick_background()
-        except BaseException as exc:  # hand the same outcome to every member of the group
+            if self._lsm and self.engine.version is not self._seen_version:
+                self._kick_background()
+        except BaseException as exc:  # the whole group shares one outcome
             error = exc
-        with self._queue_cv:
+        with self._qlock:
             for w in group:
-                popped = self._queue.popleft()
+                popped = queue.popleft()
                 assert popped is w, "group commit queue out of order"
-                w.done = True
-                w.error = error
-                w.seq = seq
-            self._queue_cv.notify_all()
+            successor = queue[0] if queue else None
+        for w in group[1:]:
+            w.seq = seq
+            w.error = error
+            w.done = True
+            w.wake.release()
+        if successor is not None:
+            successor.wake.release()  # not done: it wakes up as the next leader
         if error is not None:
             raise error
         return seq
@@ -334,7 +384,7 @@ class DB:
     def _kick_background(self) -> None:
         engine = self.engine
         if isinstance(engine, LsmEngine):
-            version = engine.version
+            version = self._seen_version = engine.version
             if version.imms or len(version.levels[0]) >= engine.options.l0_compaction_trigger:
                 with self._bg_cv:
                     self._bg_cv.notify_all()
@@ -379,6 +429,8 @@ class DB:
 
     # --- reads -------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
+        """The value of `key`, or None. (Replaced per instance by the engine's own `get`,
+        which raises ClosedError after close, to save a Python call per read.)"""
         if self._closed:
             self._check_open()
         return self.engine.get(key)  # type: ignore[no-any-return]
@@ -447,9 +499,8 @@ class DB:
         """Stop background work, sync the WAL (every policy but a failed store) and unlock."""
         if self._closed:
             return
-        with self._queue_cv:
-            while self._queue:  # let queued writers finish
-                self._queue_cv.wait(limits.background_tick_ms / 1000)
+        while self._queue:  # let queued writers finish
+            time.sleep(limits.background_tick_ms / 1000)
         with self._bg_cv:
             self._stop = True
             self._bg_cv.notify_all()

@@ -88,6 +88,8 @@ txn_cycle_candidates_max = 4  # cycles tried per class before the shortest is ke
 txn_version_inference_steps_max = 5_000_000  # graph steps inferring register version orders
 txn_cases_per_anomaly_max = 32  # cases of one anomaly type kept in a result
 txn_history_ops_max = 10_000_000  # events one transactional history may hold
+txn_edn_depth_max = 1_000  # nesting of EDN collections the fast history reader accepts
+txn_reach_members_max = 20_000  # component size up to which cycle search precomputes reachability
 
 # --- embedded database and LSM engine (storage area) -------------------------------------
 group_commit_bytes_max = 1024 * 1024  # writers merged into one WAL record + fsync
@@ -95,7 +97,6 @@ write_stall_wait_ms_max = 60_000  # a stopped writer waits this long, then Write
 write_slowdown_ms = 1  # pause per write while L0 is over l0_slowdown_files
 scan_chunk_entries = 256  # scans read this many pairs per hold of the read lock
 background_tick_ms = 10  # the background thread looks for work at least this often
-txn_edn_depth_max = 1_000  # nesting of EDN collections the fast history reader accepts
 sim_requests_open_max = 16_384  # client requests the simulator holds a reply callback for
 history_ops_max = 2_000_000  # operations one recorded history may hold
 sim_events_same_instant_max = 1_000_000  # events at one virtual instant before a livelock error

@@ -350,12 +350,17 @@ def search(graph: Graph, members: Sequence[int], cycle_type: str,
     """A short cycle of `cycle_type` within `members`, or None if there is none."""
     spec = _spec(cycle_type)
     mset = set(members)
-    reach = _Reach(graph, members, spec.allowed)
+    # Reachability bit sets cost members^2 bits: past the limit every pivot is searched and
+    # the step budget bounds the work instead.
+    reach = (_Reach(graph, members, spec.allowed)
+             if len(members) <= limits.txn_reach_members_max else None)
     best: list[Step] | None = None
     tried = 0
     for a in members:
         for b, bits in sorted(graph.out[a].items()):
-            if graph.label(bits) != spec.pivot or b not in mset or not reach.reaches(b, a):
+            if graph.label(bits) != spec.pivot or b not in mset:
+                continue
+            if reach is not None and not reach.reaches(b, a):
                 continue
             back = _way_back(graph, mset, spec, a, b, budget)
             if back is None:

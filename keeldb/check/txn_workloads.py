@@ -243,20 +243,21 @@ def analyze_list_append(txns: Sequence[Txn], graph: tg.Graph, garbage_reads: boo
                 continue
             seen = set(v)  # set algebra runs in C: reads can be long
             for e in sorted(failed.get(k, {}).keys() & seen, key=v.index):
-                w = failed[k][e]
+                aborted = failed[k][e]
                 analysis.add("G1a", f"op {t.index} read {_v(k)} = {_v(v)}, which holds "
-                             f"{_v(e)} from failed op {w.index}", [t.index, w.index],
-                             key=k, element=e, writer=w.index)
+                             f"{_v(e)} from failed op {aborted.index}",
+                             [t.index, aborted.index], key=k, element=e, writer=aborted.index)
             if garbage_reads:
                 for e in sorted(seen - written.get(k, set()), key=v.index):
                     analysis.add("garbage-read", f"op {t.index} read {_v(k)} = {_v(v)}, "
                                  f"but no transaction ever appended {_v(e)}", [t.index],
                                  key=k, element=e)
-            w = intermediate.get((k, v[-1]))
-            if w is not None and w.id != t.id:
+            im = intermediate.get((k, v[-1]))
+            if im is not None and im.id != t.id:
                 analysis.add("G1b", f"op {t.index} read {_v(k)} = {_v(v)}, ending in "
-                             f"{_v(v[-1])}, which op {w.index} appended but then appended "
-                             "more", [t.index, w.index], key=k, element=v[-1], writer=w.index)
+                             f"{_v(v[-1])}, which op {im.index} appended but then appended "
+                             "more", [t.index, im.index], key=k, element=v[-1],
+                             writer=im.index)
     for t in possible:
         for f, k, v in t.mops:
             if f == "r" and v and len(set(v)) != len(v):

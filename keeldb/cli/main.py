@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     _load_commands()
     args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=args, prog_name="keeldb", standalone_mode=False)
+        # Without standalone mode click returns the exit code (typer.Exit) instead of raising.
+        rc = app(args=args, prog_name="keeldb", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
     except (typer.Abort, KeyboardInterrupt):
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
             return EXIT_USAGE if isinstance(exc, UsageError) else EXIT_ERROR
         raise
-    return 0
+    return int(rc) if isinstance(rc, int) else 0
 
 
 if __name__ == "__main__":

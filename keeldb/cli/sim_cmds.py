@@ -64,6 +64,8 @@ def sim(
         return
     if system not in SYSTEMS:
         fail(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}", EXIT_USAGE)
+    if not SYSTEMS[system].checkable:
+        fail(f"system {system!r} serves no workload: use it with --bench", EXIT_USAGE)
     if workload not in WORKLOADS:
         fail(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}", EXIT_USAGE)
     if ticks_max <= 0 or clients <= 0 or seeds < 0:

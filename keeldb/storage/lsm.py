@@ -25,7 +25,7 @@ import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from itertools import islice
+from itertools import chain
 from typing import Any
 
 from keeldb import limits
@@ -68,10 +68,11 @@ from keeldb.storage.manifest import (
 )
 from keeldb.storage.memtable import Memtable
 from keeldb.storage.merge import (
+    CleanSource,
+    VisibleMerger,
     compact_newest,
     compact_with_snapshots,
     merge_sources,
-    visible_pairs,
 )
 from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
 from keeldb.storage.wal import create_wal, encode_record, read_wal, wal_name
@@ -160,6 +161,7 @@ class LsmEngine:
         self._obsolete: list[TableMeta] = []
         self._cursors: dict[int, bytes] = {}
         self.reads = 0
+        self._memtable_bytes = options.memtable_bytes
         self.stall_seconds = 0.0  # the embedded layer adds the time writers waited
         self.counters = dict(user_bytes=0, wal_bytes=0, flush_bytes=0, compaction_bytes=0,
                              manifest_bytes=0, flushes=0, compactions=0,
@@ -250,8 +252,11 @@ class LsmEngine:
     def write_checked(self, ops: list[tuple[int, bytes, bytes]], user_bytes: int,
                       sync: bool = False) -> int:
         """`write` for ops already validated by `check_ops` (the embedded group commit)."""
-        self._check_writable()
-        if self.write_stall() == STALL_STOP:
+        if self._failed is not None or self._closed:
+            self._check_writable()
+        version = self._version
+        if (len(version.l0) >= self.options.l0_stop_files or version.imms) and \
+                self.write_stall() == STALL_STOP:
             self.counters["write_stalls"] += 1
             raise WriteStallError(
                 f"writes are stopped: {len(self._version.levels[0])} L0 tables (stop at "
@@ -261,7 +266,7 @@ class LsmEngine:
         record = encode_record(seq, ops)
         wal = self._wal
         try:
-            wal.append(record)
+            wal.file.append(record)
             if self._hook is not None:
                 self._hook("wal-after-write-before-sync")
             if sync:
@@ -277,7 +282,7 @@ class LsmEngine:
             mem = self._version.mem
             mem.apply(seq, ops, user_bytes, self._snap_max)
             self._visible_seq = seq
-            if mem.bytes >= self.options.memtable_bytes and \
+            if mem.bytes >= self._memtable_bytes and \
                     len(self._version.imms) < limits.memtable_immutable_count_max:
                 self._rotate()
         return seq
@@ -421,31 +426,40 @@ class LsmEngine:
             version = self._version
             pin = self._pins.setdefault(id(version), [version, 0])
             pin[1] += 1
-        return self._scan_gen(version, seq, start, end, reverse, n)
+        # chain.from_iterable hands out the pairs of each chunk in C; the generator below
+        # runs once per chunk (and its `finally` unpins when the scan ends or is dropped).
+        return chain.from_iterable(self._scan_chunks(version, seq, start, end, reverse, n))
 
-    def _scan_gen(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
-                  reverse: bool, limit: int) -> Iterator[tuple[bytes, bytes]]:
+    def _scan_chunks(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
+                     reverse: bool, limit: int) -> Iterator[list[tuple[bytes, bytes]]]:
         try:
             if start is not None and end is not None and start >= end:
                 return
             sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq)
-                                            for m in (version.mem,) + version.imms]
+                                            for m in (version.mem,) + version.imms if len(m)]
             with self._rmu:
                 for t in version.levels[0]:
                     if (end is None or t.smallest < end) and (start is None or t.largest >= start):
                         reader = self.table_cache.get(t.id, t.name)
                         sources.append(reader.iter(start, end, reverse))
+            memtables_only = len(sources)
             for tables in version.levels[1:]:
                 if tables:
                     sources.append(self._level_iter(tables, start, end, reverse))
-            pairs = visible_pairs(merge_sources(sources, reverse), seq, limit)
-            chunk_max = limits.scan_chunk_entries
-            while True:
+            if not sources:
+                return
+            puller: VisibleMerger | CleanSource
+            if len(sources) == 1 and memtables_only == 1 and not version.levels[0]:
+                puller = CleanSource(sources[0])  # one memtable: one visible entry per key
+            else:
+                puller = VisibleMerger(merge_sources(sources, reverse), seq)
+            chunk_max = min(limit, limits.scan_chunk_entries)
+            remaining = limit
+            while remaining > 0 and not puller.exhausted:
                 with self._rmu:
-                    chunk = list(islice(pairs, chunk_max))
-                yield from chunk
-                if len(chunk) < chunk_max:
-                    return
+                    chunk = puller.take(min(remaining, chunk_max))
+                remaining -= len(chunk)
+                yield chunk
         finally:
             with self._mu:
                 self._release_locked(seq)

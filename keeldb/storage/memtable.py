@@ -131,18 +131,31 @@ class Memtable:
         lo = 0 if start is None else bisect.bisect_left(keys, start)
         hi = len(keys) if end is None else bisect.bisect_left(keys, end)
         table = self.table
-        rng = range(hi - 1, lo - 1, -1) if reverse else range(lo, hi)
-        if self.frozen and seq >= self.seq_max:
-            for i in rng:
-                yield table[keys[i]]
-            return
-        # The active memtable may take writes while this runs: check every entry's seq.
+        getitem = table.__getitem__
         get_at = self.get_at
-        for i in rng:
-            entry = table[keys[i]]
-            if entry[1] > seq:
-                found = get_at(keys[i], seq)
-                if found is None:
-                    continue
-                entry = found
-            yield entry
+        # Entries are fetched in growing chunks with one C-level map each; while no write
+        # newer than `seq` has reached this memtable (seq_max <= seq before and after the
+        # map), the chunk needs no per-entry check.
+        size = 32
+        pos = hi if reverse else lo
+        while (pos > lo) if reverse else (pos < hi):
+            if reverse:
+                chunk_keys = keys[max(lo, pos - size) : pos]
+                chunk_keys.reverse()
+                pos -= len(chunk_keys)
+            else:
+                chunk_keys = keys[pos : min(hi, pos + size)]
+                pos += len(chunk_keys)
+            size = min(size * 2, 4096)
+            clean = self.seq_max <= seq
+            entries = list(map(getitem, chunk_keys))
+            if clean and self.seq_max <= seq:
+                yield from entries
+                continue
+            for entry in entries:  # the active memtable took writes newer than `seq`
+                if entry[1] > seq:
+                    found = get_at(entry[0], seq)
+                    if found is None:
+                        continue
+                    entry = found
+                yield entry

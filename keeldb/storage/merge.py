@@ -13,6 +13,8 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterable, Iterator
+from itertools import islice
+from operator import eq, itemgetter
 
 from keeldb.storage.engine import KIND_DELETE
 
@@ -46,6 +48,104 @@ def visible_pairs(merged: Iterable[Entry], seq: int, limit: int) -> Iterator[tup
             best = entry
     if best is not None and best[2]:
         yield best[0], best[3]
+
+
+class VisibleMerger:
+    """`visible_pairs` as a puller that works a chunk at a time.
+
+    `take(n)` pulls entries with `islice` (C), and when a chunk has no two versions of one
+    key and nothing newer than the snapshot -- the common case -- it turns the chunk into
+    pairs with one comprehension; otherwise it resolves the chunk key by key. The trailing
+    run of one key is held back until the next chunk, since more versions may follow.
+    """
+
+    __slots__ = ("_it", "_seq", "_carry", "_pending", "_source_done", "exhausted")
+
+    def __init__(self, merged: Iterator[Entry], seq: int) -> None:
+        self._it = merged
+        self._seq = seq
+        self._carry: list[Entry] = []
+        self._pending: list[tuple[bytes, bytes]] = []
+        self._source_done = False
+        self.exhausted = False
+
+    def take(self, n: int) -> list[tuple[bytes, bytes]]:
+        out = self._pending
+        self._pending = []
+        seq = self._seq
+        while len(out) < n and not self._source_done:
+            want = n - len(out) + 1
+            chunk = list(islice(self._it, want))
+            if len(chunk) < want:
+                self._source_done = True
+            if self._carry:
+                chunk = self._carry + chunk
+                self._carry = []
+            if not chunk:
+                break
+            if not self._source_done:
+                last = chunk[-1][0]
+                cut = len(chunk) - 1
+                while cut > 0 and chunk[cut - 1][0] == last:
+                    cut -= 1
+                self._carry = chunk[cut:]
+                chunk = chunk[:cut]
+                if not chunk:
+                    continue
+            keys = [e[0] for e in chunk]
+            if not any(map(eq, keys, islice(keys, 1, None))) and \
+                    max(map(_seq_of, chunk)) <= seq:
+                out += [(e[0], e[3]) for e in chunk if e[2]]
+            else:
+                out += _resolve(chunk, seq)
+        if len(out) > n:
+            self._pending = out[n:]
+            del out[n:]
+        if self._source_done and not self._carry and not self._pending:
+            self.exhausted = True
+        return out
+
+
+_seq_of = itemgetter(1)  # an entry's seq, in C
+
+
+def _resolve(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
+    """Pairs of a chunk whose keys may repeat: newest version <= seq per key, if a put."""
+    out: list[tuple[bytes, bytes]] = []
+    cur: bytes | None = None
+    best: Entry | None = None
+    for entry in chunk:
+        if entry[0] != cur:
+            if best is not None and best[2]:
+                out.append((best[0], best[3]))
+            cur = entry[0]
+            best = entry if entry[1] <= seq else None
+        elif entry[1] <= seq and (best is None or entry[1] > best[1]):
+            best = entry
+    if best is not None and best[2]:
+        out.append((best[0], best[3]))
+    return out
+
+
+class CleanSource:
+    """A single source holding at most one visible version per key (a memtable iterator):
+    only tombstones need skipping."""
+
+    __slots__ = ("_it", "exhausted")
+
+    def __init__(self, it: Iterator[Entry]) -> None:
+        self._it = it
+        self.exhausted = False
+
+    def take(self, n: int) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+        while len(out) < n and not self.exhausted:
+            want = n - len(out)
+            got = list(islice(self._it, want))
+            if len(got) < want:
+                self.exhausted = True
+            out += [(e[0], e[3]) for e in got if e[2]]
+        return out
 
 
 def compact_newest(

@@ -45,9 +45,10 @@ if TYPE_CHECKING:
     from keeldb.storage.cache import BlockCache
 
 Entry = tuple[bytes, int, int, bytes]
-# A decoded block: keys as objects (bisect needs them), everything else kept compact:
-# (keys, seqs, kinds, values blob, value end offsets with a leading 0).
-DecodedBlock = tuple[list[bytes], "array[int]", bytes, bytes, "array[int]"]
+# A decoded block: keys and values as lists of objects (bisect needs the keys; reads and
+# scans return the values), seqs as a u64 array and kinds as bytes (compact, and indexing
+# them is as cheap as indexing a list): (keys, seqs, kinds, values).
+DecodedBlock = tuple[list[bytes], "array[int]", bytes, list[bytes]]
 
 FORMAT_VERSION = 1
 MAGIC = 0x3154_5353_4C45_454B  # b"KEELSST1" read as a little-endian u64
@@ -163,9 +164,9 @@ def _width(lengths: list[int]) -> int:
     return first if lengths.count(first) == len(lengths) else -1
 
 
-# Decoded-size model (bytes of heap per decoded block): a list of key objects (pointer +
-# bytes header + payload), seqs as u64 and value offsets as u32 arrays, kinds and values as
-# one bytes object each. Checked against tracemalloc in tests/unit/storage/test_cache.py.
+# Decoded-size model (bytes of heap per decoded block): two lists of objects (keys and
+# values: pointer + bytes header + payload), seqs as a u64 array, kinds as one bytes object.
+# Checked against tracemalloc in tests/unit/storage/test_cache.py.
 _BYTES_OBJ = sys.getsizeof(b"")
 _LIST_OBJ = sys.getsizeof([])
 _ARRAY_OBJ = sys.getsizeof(array("Q"))
@@ -174,8 +175,8 @@ _PTR = 8
 
 def decoded_block_bytes(count: int, key_bytes: int, value_bytes: int) -> int:
     """Estimated heap footprint of a decoded block of `count` entries."""
-    fixed = _LIST_OBJ + 2 * _ARRAY_OBJ + 3 * _BYTES_OBJ + 96  # + the tuple
-    per_entry = _PTR + _BYTES_OBJ + 8 + 1 + 4
+    fixed = 2 * _LIST_OBJ + _ARRAY_OBJ + _BYTES_OBJ + 80  # + the tuple
+    per_entry = 2 * (_PTR + _BYTES_OBJ) + 8 + 1 + 1  # + 1: allocator rounding (measured)
     return fixed + count * per_entry + key_bytes + value_bytes
 
 
@@ -675,29 +676,28 @@ class TableReader:
                 key_total = sum(key_lens)
             else:
                 key_total = kw * n
+            value_lens = None
             if vw < 0:
-                ends = array("I", body[pos : pos + 4 * n])
-                if not _LITTLE:
-                    ends.byteswap()
+                value_lens = _read_array("I", body, pos, n)
                 pos += 4 * n
-                value_ends = array("I", accumulate(ends, initial=0))
+                value_total = sum(value_lens)
             else:
-                value_ends = array("I", range(0, (n + 1) * vw, vw) if vw else bytes(n + 1))
+                value_total = vw * n
             seqs = array("Q", body[pos : pos + 8 * n])
             if not _LITTLE:
                 seqs.byteswap()
             pos += 8 * n
             kinds = body[pos : pos + n]
             pos += n
-            value_total = value_ends[-1]
             if pos + key_total + value_total != len(body) or n == 0 or len(seqs) != n:
                 raise ValueError(f"{n} entries do not fill the {len(body)}-byte block")
             keys = _split(body[pos : pos + key_total], kw, key_lens, n)
-            values = body[pos + key_total :]
-        except (ValueError, struct.error, OverflowError) as exc:
+            pos += key_total
+            values = _split(body[pos:], vw, value_lens, n)
+        except (ValueError, struct.error) as exc:
             raise _corrupt(self._name, offset, f"data block: {exc}") from exc
         self._stats.block_reads += 1
-        block = (keys, seqs, kinds, values, value_ends)
+        block = (keys, seqs, kinds, values)
         return block, decoded_block_bytes(n, key_total, value_total)
 
     def _block(self, i: int) -> DecodedBlock:
@@ -746,8 +746,7 @@ class TableReader:
         if j < len(keys) and keys[j] == key:
             seq = block[1][j]
             if seq <= seq_max:
-                ends = block[4]
-                return seq, block[2][j], block[3][ends[j] : ends[j + 1]]
+                return seq, block[2][j], block[3][j]
         return self._get_slow(key, seq_max, i, block)
 
     def _get_slow(
@@ -755,14 +754,14 @@ class TableReader:
     ) -> tuple[int, int, bytes] | None:
         seen = False
         while i < self._nblocks:
-            keys, seqs, kinds, values, ends = block or self._block(i)
+            keys, seqs, kinds, values = block or self._block(i)
             block = None
             j = bisect_left(keys, key)
             n = len(keys)
             while j < n and keys[j] == key:
                 seen = True
                 if seqs[j] <= seq_max:
-                    return seqs[j], kinds[j], values[ends[j] : ends[j + 1]]
+                    return seqs[j], kinds[j], values[j]
                 j += 1
             if j < n or not seen:
                 break
@@ -800,15 +799,14 @@ class TableReader:
             nblocks = self._nblocks
             i = 0 if start is None else bisect_left(self._last_keys, start)
             while i < nblocks:
-                keys, seqs, kinds, values, ends = self._block(i)
+                keys, seqs, kinds, values = self._block(i)
                 lo = 0 if start is None else bisect_left(keys, start)
                 n = len(keys)
                 hi = n if end is None or keys[-1] < end else bisect_left(keys, end, lo)
-                cut = map(values.__getitem__, map(slice, ends[lo:hi], ends[lo + 1 : hi + 1]))
                 if lo == 0 and hi == n:
-                    yield zip(keys, seqs, kinds, cut, strict=True)
+                    yield zip(keys, seqs, kinds, values, strict=True)
                 else:
-                    yield zip(keys[lo:hi], seqs[lo:hi], kinds[lo:hi], cut, strict=True)
+                    yield zip(keys[lo:hi], seqs[lo:hi], kinds[lo:hi], values[lo:hi], strict=True)
                     if hi < n:
                         return
                 start = None
@@ -825,18 +823,21 @@ class TableReader:
             if end is not None:
                 i = min(i, bisect_left(self._last_keys, end))
             while i >= 0:
-                keys, seqs, kinds, values, ends = self._block(i)
+                keys, seqs, kinds, values = self._block(i)
                 n = len(keys)
                 hi = n if end is None else bisect_left(keys, end)
                 lo = 0 if start is None or keys[0] >= start else bisect_left(keys, start, 0, hi)
-                starts, stops = ends[lo:hi], ends[lo + 1 : hi + 1]
-                starts.reverse()
-                stops.reverse()
-                yield zip(
-                    reversed(keys[lo:hi]), reversed(seqs[lo:hi]), reversed(kinds[lo:hi]),
-                    map(values.__getitem__, map(slice, starts, stops)),
-                    strict=True,
-                )  # fmt: skip
+                if lo == 0 and hi == n:
+                    yield zip(
+                        reversed(keys), reversed(seqs), reversed(kinds), reversed(values),
+                        strict=True,
+                    )  # fmt: skip
+                else:
+                    yield zip(
+                        reversed(keys[lo:hi]), reversed(seqs[lo:hi]),
+                        reversed(kinds[lo:hi]), reversed(values[lo:hi]),
+                        strict=True,
+                    )  # fmt: skip
                 if lo > 0:
                     return
                 end = None

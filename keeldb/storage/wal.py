@@ -53,16 +53,14 @@ def encode_record(seq: int, ops: list[tuple[int, bytes, bytes]]) -> bytes:
 class WalWriter:
     """Appends records to one log file. Not thread-safe: the engine serialises writers."""
 
-    __slots__ = ("file", "number", "bytes_written")
+    __slots__ = ("file", "number")
 
     def __init__(self, file: File, number: int) -> None:
         self.file = file
         self.number = number
-        self.bytes_written = 0
 
     def append(self, record: bytes) -> None:
         self.file.append(record)
-        self.bytes_written += len(record)
 
     def size(self) -> int:
         return self.file.size()

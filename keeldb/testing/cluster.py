@@ -37,6 +37,7 @@ THINK_NS_MAX = 5 * MS
 SAFETY_TICKS_DEFAULT = 1000  # 1 tick = 1 ms of virtual time
 LIVENESS_MS_DEFAULT = 2000
 CLIENTS_DEFAULT = 4
+VIOLATIONS_SHOWN_MAX = 20  # in summaries; the result keeps them all
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class SystemSpec:
     nodes: tuple[str, ...]
     correct: bool
     doc: str
+    checkable: bool = True  # False: it serves no workload (the benchmark system)
 
 
 SYSTEMS: dict[str, SystemSpec] = {
@@ -54,7 +56,8 @@ SYSTEMS: dict[str, SystemSpec] = {
     "primary-backup": SystemSpec("primary-backup", PrimaryBackupNode, ("n1", "n2", "n3"), False,
                                  "async primary-backup with naive failover (incorrect)"),
     "echo": SystemSpec("echo", EchoNode, ("n1", "n2", "n3"), True,
-                       "nodes bouncing messages (simulator benchmark)"),
+                       "nodes bouncing messages (simulator benchmark: --bench)",
+                       checkable=False),
 }
 
 
@@ -116,7 +119,8 @@ class SimResult:
         return {"system": self.config.system, "seed": self.config.seed, "ok": self.ok,
                 "faults": [f.value for f in self.plan.faults],
                 "faults_exercised": self.faults_exercised, "digest": self.digest,
-                "violations": [str(v) for v in self.violations], "repro": self.repro,
+                "violations": [str(v) for v in self.violations[:VIOLATIONS_SHOWN_MAX]],
+                "violation_count": len(self.violations), "repro": self.repro,
                 "ops": len(self.history), "virtual_ms": self.virtual_ns // MS,
                 "events": self.events}
 
@@ -138,6 +142,9 @@ class SimCluster:
     def __init__(self, config: SimConfig, workload: Workload | None = None) -> None:
         self.config = config
         self.spec = system(config.system)
+        if not self.spec.checkable:
+            raise UsageError(f"system {config.system!r} serves no workload; it is for "
+                             "`keeldb sim --bench`")
         self.plan = config.plan()
         self.world = SimWorld(config.seed, self.spec.nodes, self.spec.factory, self.plan,
                               trace=config.trace)
@@ -263,7 +270,7 @@ class SimCluster:
         try:
             self._safety_phase()
             violations += self._liveness_phase()
-        except Exception as exc:  # noqa: BLE001 - any crash of node code is a finding
+        except Exception as exc:  # any crash of node code is a finding, with its repro line
             violations.append(Violation("exception", f"{type(exc).__name__}: {exc}"))
         self.recorder.close_all(self.world.now)
         if not any(v.checker == "exception" for v in violations):

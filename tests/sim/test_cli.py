@@ -78,3 +78,12 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", "--system", "nope"]) == 2
     assert main(["sim", "--faults", "fire"]) == 2
     assert main(["sim", "--workload", "queue"]) == 2
+    assert main(["sim", "--system", "echo"]) == 2
+
+
+def test_the_keeldb_entry_point_runs_sim(capsys: pytest.CaptureFixture[str]) -> None:
+    from keeldb.cli.main import main as keeldb_main
+
+    assert keeldb_main(["sim", "--system", "primary-backup", "--seed", "2", "--json"]) == 3
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert keeldb_main(["sim", "--system", "register", "--seed", "2", "--json"]) == 0

@@ -76,3 +76,38 @@ def test_swarm_many_seeds(system: str) -> None:
         assert not failed, failed[:5]
     else:
         assert len(failed) > 100, len(failed)
+
+
+class _Buggy:
+    """Breaks an invariant on its 50th request."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def step(self, event: object) -> list[object]:
+        from keeldb.node.effects import ClientRequest, Reply
+
+        if isinstance(event, ClientRequest):
+            self.seen += 1
+            assert self.seen < 50, "invariant broken on purpose"
+            return [Reply(event.request_id, "ok", None)]
+        return []
+
+
+def test_a_crashing_node_is_a_finding_with_a_repro_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from keeldb.testing.cluster import SYSTEMS, SystemSpec
+
+    monkeypatch.setitem(SYSTEMS, "buggy", SystemSpec("buggy", _Buggy, ("n1",), False, "test"))
+    result = run_sim(SimConfig("buggy", 1, parse_faults("none")))
+    assert [v.checker for v in result.violations] == ["exception"]
+    assert "invariant broken on purpose" in result.violations[0].message
+    assert result.repro.startswith("keeldb sim --system buggy --seed 1 --faults none")
+
+
+def test_linearizability_checker_agrees_on_its_own() -> None:
+    """keeldb.check.linearizable flags primary-backup runs without help from lost-write."""
+    from keeldb.testing.checkers import linearizability
+
+    for seed in (1, 2, 3):
+        assert linearizability(run_sim(SimConfig("primary-backup", seed)).history)
+        assert linearizability(run_sim(SimConfig("register", seed)).history) == []

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from keeldb import limits
@@ -48,7 +48,6 @@ class HostConfig:
     seed: int | str = 0
     send_queue_frames_max: int = limits.send_queue_frames_max
     io_in_thread: bool = True
-    extra_status: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.node in self.peers, f"{self.node!r} missing from its own peer map"
@@ -230,5 +229,4 @@ class NodeHost:
                         "unanswered": len(self._routes), "bad_frames": self.client_bad_frames,
                         "late_replies": self.late_replies},
             "applied": self.world.applied_count,
-            **self.config.extra_status,
         }

@@ -18,6 +18,7 @@ from keeldb.check.linear import check_operations, pair_history
 from keeldb.check.models import CasRegister, Input, Output, model_by_name
 from keeldb.check.timeline import render_html
 from keeldb.cli.app import app
+from keeldb.cli.main import main
 from keeldb.errors import CheckError
 
 
@@ -318,6 +319,10 @@ def test_cli_exit_codes(tmp_path: Path) -> None:
     res = _cli(str(broken))
     assert res.exit_code == 2 and "broken.jsonl:2" in res.output
     assert _cli(str(good), "--model", "nope").exit_code == 2
+    # The `keeldb` entry point passes the codes through.
+    assert main(["check", "linear", str(good), "--model", "register"]) == 0
+    assert main(["check", "linear", str(bad), "--model", "register"]) == 3
+    assert main(["check", "linear", str(broken)]) == 2
 
 
 def test_cli_unknown_is_not_a_pass(tmp_path: Path) -> None:

@@ -77,7 +77,9 @@ def test_tarjan_is_iterative_on_a_long_cycle() -> None:
     assert tg.classify(tg.search(g, list(range(n)), "G0", [10 * n]) or []) == "G0"
 
 
-def test_search_honours_cycle_rules() -> None:
+@pytest.mark.parametrize("reach_max", [limits.txn_reach_members_max, 0])
+def test_search_honours_cycle_rules(monkeypatch: pytest.MonkeyPatch, reach_max: int) -> None:
+    monkeypatch.setattr(limits, "txn_reach_members_max", reach_max)  # 0: no bit sets
     g = tg.Graph(4)
     # 0 -rw-> 1 -wr-> 2 -rw-> 3 -wr-> 0: two rw edges, never adjacent.
     g.link(0, 1, tg.RW)

@@ -43,7 +43,7 @@ def test_round_trip(obj: Any) -> None:
 
 
 @given(st.lists(values, min_size=1, max_size=8), st.data())
-@settings(max_examples=150)
+@settings(max_examples=60)
 def test_stream_split_at_any_points(objs: list[Any], data: st.DataObject) -> None:
     stream = b"".join(encode_frame(o) for o in objs)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
@@ -75,13 +75,14 @@ def test_header_layout() -> None:
     assert length == len(frame) - HEADER_BYTES == 3  # fixstr header + 2 bytes
 
 
-@given(values, st.data())
-@settings(max_examples=200)
+@given(st.binary(max_size=300) | st.lists(st.integers(), max_size=20), st.data())
+@settings(max_examples=300)
 def test_any_single_bit_flip_is_detected(obj: Any, data: st.DataObject) -> None:
     frame = bytearray(encode_frame(obj))
     bit = data.draw(st.integers(0, len(frame) * 8 - 1))
     frame[bit // 8] ^= 1 << (bit % 8)
-    decoder = FrameDecoder()
+    # A small limit keeps the test fast: a length bit flipped high fails the limit at once.
+    decoder = FrameDecoder(frame_bytes_max=64 * 1024)
     try:
         out = decoder.feed(bytes(frame))
     except FrameError:

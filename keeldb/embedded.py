@@ -133,7 +133,18 @@ class WriteBatch:
         self._done = False
 
     def put(self, key: bytes, value: bytes) -> None:
-        self._add(KIND_PUT, check_key(key), check_value(value))
+        # Inline fast checks: this runs once per key of every batch.
+        if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
+            key = check_key(key)
+        if type(value) is not bytes or len(value) > limits.value_bytes_max:
+            value = check_value(value)
+        ops = self._ops
+        size = self._bytes + len(key) + len(value)
+        if self._done or len(ops) >= limits.batch_ops_max or size > limits.batch_bytes_max:
+            self._add(KIND_PUT, key, value)
+            return
+        self._bytes = size
+        ops.append((KIND_PUT, key, value))
 
     def delete(self, key: bytes) -> None:
         self._add(KIND_DELETE, check_key(key), b"")

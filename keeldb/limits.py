@@ -100,3 +100,18 @@ background_tick_ms = 10  # the background thread looks for work at least this of
 sim_requests_open_max = 16_384  # client requests the simulator holds a reply callback for
 history_ops_max = 2_000_000  # operations one recorded history may hold
 sim_events_same_instant_max = 1_000_000  # events at one virtual instant before a livelock error
+
+# --- raft core (area: consensus) -----------------------------------------------------------
+raft_append_bytes_max = 1024 * 1024  # entry bytes in one MsgApp (at least one entry is sent)
+raft_inflight_msgs_max = 256  # unacknowledged MsgApp per follower (the pipelining window)
+raft_inflight_bytes_max = 32 * 1024 * 1024  # unacknowledged entry bytes per follower
+raft_snapshot_chunk_bytes = 64 * 1024  # data bytes in one InstallSnapshot chunk
+raft_snapshot_bytes_max = 1024 * 1024 * 1024  # a snapshot a follower will reassemble
+raft_entry_bytes_max = 16 * 1024 * 1024  # data bytes of one proposed entry
+raft_uncommitted_bytes_max = 64 * 1024 * 1024  # proposed but uncommitted bytes on a leader
+raft_proposal_entries_max = 4096  # entries in one propose() call
+raft_read_index_pending_max = 4096  # ReadIndex requests a leader holds unconfirmed
+raft_committed_bytes_per_ready_max = 4 * 1024 * 1024  # committed entry bytes in one Ready
+raft_outbox_messages_max = 100_000  # messages waiting for ready() (a sign ready() is not called)
+raft_learner_catchup_entries_max = 64  # a learner this close to the leader's log may be promoted
+raft_election_ticks_min = 2  # election timeout must be more ticks than the heartbeat

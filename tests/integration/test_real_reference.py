@@ -25,13 +25,26 @@ from typing import Any
 import pytest
 
 from keeldb.check.history import Op, dump_jsonl, parse_jsonl
-from keeldb.errors import AdminError, NodeUnavailableError
+from keeldb.errors import AdminError, NodeUnavailableError, StorageIOError
+from keeldb.node.effects import (
+    ClientRequest,
+    Effect,
+    Event,
+    Persist,
+    Received,
+    Reply,
+    Send,
+    Sync,
+)
 from keeldb.runtime.real import admin
 from keeldb.runtime.real.client import NodeClient
-from keeldb.runtime.real.launch import NodeProcess, local_cluster
+from keeldb.runtime.real.disk import RealDisk, RealFile
+from keeldb.runtime.real.host import HostConfig, NodeHost
+from keeldb.runtime.real.launch import NodeProcess, free_port, local_cluster
 from keeldb.testing.checkers import linearizability, lost_writes
 from keeldb.testing.history import HistoryRecorder
 from keeldb.testing.workloads import RegisterWorkload
+from keeldb.types import NodeId
 
 WAIT_S = 15.0
 CALL_TIMEOUT_S = 2.0
@@ -328,3 +341,89 @@ def test_admin_port_refuses_bad_commands(procs: list[NodeProcess], tmp_path: Pat
         answer = json.loads(s.makefile().readline())
     assert answer["ok"] is False and "not JSON" in answer["error"]
     assert admin.heal(addr)["drop_to"] == []
+
+
+# --- the driver contract in the real world (two NodeHosts in one event loop) -----------------
+
+
+EVENTS: list[tuple[str, Any]] = []
+
+
+class RecordingDisk(RealDisk):
+    """A RealDisk whose files log each completed fsync (and fail it when the last record is
+    "bad")."""
+
+    def _wrap(self, f: RealFile) -> RealFile:
+        inner_sync = f.sync
+        name = f.name
+
+        def sync() -> None:
+            data = f.read_at(0, f.size())
+            if data.endswith(b"bad;"):
+                raise StorageIOError(f"injected fsync failure on {name}")
+            inner_sync()
+            EVENTS.append(("synced", data))
+
+        f.sync = sync  # type: ignore[method-assign]
+        return f
+
+    def create(self, name: str) -> RealFile:
+        return self._wrap(super().create(name))
+
+    def open(self, name: str, *, append: bool = False) -> RealFile:
+        return self._wrap(super().open(name, append=append))
+
+
+class Writer:
+    """n1 appends each request's value to its log, syncs, then tells n2 and the client."""
+
+    def __init__(self) -> None:
+        self.op = 0
+
+    def step(self, event: Event) -> list[Effect]:
+        if isinstance(event, ClientRequest):
+            self.op += 2
+            return [Persist(self.op - 1, "log", f"{event.value};".encode()),
+                    Sync(self.op, "log"),
+                    Send(NodeId("n2"), event.value, after=self.op),
+                    Reply(event.request_id, "ok", after=self.op)]
+        if isinstance(event, Received):
+            EVENTS.append(("received", event.msg))
+        return []
+
+
+def test_real_world_sends_and_replies_only_after_the_sync(tmp_path: Path) -> None:
+    EVENTS.clear()
+
+    async def main() -> None:
+        peers = {NodeId(n): ("127.0.0.1", free_port()) for n in ("n1", "n2")}
+        hosts = [NodeHost(HostConfig(n, peers, str(tmp_path / n)), Writer,
+                          disk=RecordingDisk(str(tmp_path / n))) for n in peers]
+        for h in hosts:
+            await h.start()
+        try:
+            client = await NodeClient.connect(("127.0.0.1", hosts[0].client_port))
+            for v in ("a", "b", "c"):
+                assert (await client.call("write", "log", v)).type == "ok"
+            with pytest.raises(TimeoutError):  # failed fsync: no reply, no message, ever
+                await client.call("write", "log", "bad", timeout_s=0.5)
+            assert (await client.call("write", "log", "d")).type == "ok"
+            await client.close()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + WAIT_S
+            while ("received", "d") not in EVENTS:
+                assert loop.time() < deadline, f"message 'd' never arrived: {EVENTS}"
+                await asyncio.sleep(0.005)
+            assert hosts[0].driver.stats.held_dropped == 2  # the send and reply of "bad"
+        finally:
+            for h in hosts:
+                await h.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    received = [m for kind, m in EVENTS if kind == "received"]
+    assert received == ["a", "b", "c", "d"]  # in order, and never "bad"
+    for i, (kind, msg) in enumerate(EVENTS):
+        if kind == "received":
+            synced_before = [d for k, d in EVENTS[:i] if k == "synced"]
+            assert any(f"{msg};".encode() in d for d in synced_before), (
+                f"{msg!r} reached n2 before a sync made it durable: {EVENTS[:i + 1]}")

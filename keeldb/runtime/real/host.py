@@ -24,6 +24,7 @@ from keeldb.codec.frame import FrameDecoder, encode_frame
 from keeldb.codec.message import ClientAnswer, parse_call
 from keeldb.errors import FrameError
 from keeldb.node.effects import ClientRequest, Node, Received, Reply
+from keeldb.ports import Disk
 from keeldb.runtime.driver import Driver
 from keeldb.runtime.real.admin import AdminServer
 from keeldb.runtime.real.disk import RealDisk
@@ -63,7 +64,8 @@ class _ClientConn:
 
 
 class NodeHost:
-    def __init__(self, config: HostConfig, factory: Callable[[], Node]) -> None:
+    def __init__(self, config: HostConfig, factory: Callable[[], Node], *,
+                 disk: Disk | None = None) -> None:
         self.config = config
         self._factory = factory
         self._loop = asyncio.get_running_loop()
@@ -71,7 +73,7 @@ class NodeHost:
         self.transport = Transport(config.node, config.peers[config.node], config.peers,
                                    self._on_peer_message, seed=config.seed,
                                    send_queue_frames_max=config.send_queue_frames_max)
-        self.world = RealWorld(config.node, RealDisk(config.data_dir), self.transport,
+        self.world = RealWorld(config.node, disk or RealDisk(config.data_dir), self.transport,
                                self._loop, io_in_thread=config.io_in_thread)
         self.world.reply_route = self._route_reply
         self.world.on_halt = lambda reason: self.stop(EXIT_HALTED, f"halted: {reason}")

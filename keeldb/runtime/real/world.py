@@ -2,7 +2,8 @@
 
 One OS process hosts one node, so one `RealWorld` serves one driver:
 
-- disk: `RealDisk` over the node's data directory (fsync of files, fsync of the directory);
+- disk: `RealDisk` over the node's data directory (fsync of files, fsync of the directory),
+  or any `Disk` the host is given (tests wrap it to observe the order of syncs);
 - clock: the monotonic clock; timers: `loop.call_later`;
 - disk ops: run in one worker thread (so an fsync does not stall the network), completed back
   on the loop thread as the driver requires; the driver submits one op at a time;
@@ -18,9 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keeldb.node.effects import Apply, Message, Reply
+from keeldb.ports import Disk
 from keeldb.runtime.driver import IoResult
 from keeldb.runtime.real.clock import Clock, MonotonicClock
-from keeldb.runtime.real.disk import RealDisk
 from keeldb.runtime.real.transport import Transport
 from keeldb.types import NodeId
 
@@ -32,7 +33,7 @@ ReplyRoute = Callable[[Reply], None]
 class RealWorld:
     """The world of one node in one process. Implements `keeldb.runtime.driver.World`."""
 
-    def __init__(self, node: NodeId, disk: RealDisk, transport: Transport,
+    def __init__(self, node: NodeId, disk: Disk, transport: Transport,
                  loop: asyncio.AbstractEventLoop, *, clock: Clock | None = None,
                  io_in_thread: bool = True) -> None:
         self.node = node
@@ -50,7 +51,7 @@ class RealWorld:
     def _mine(self, node: NodeId) -> None:
         assert node == self.node, f"world of {self.node!r} asked about {node!r}"
 
-    def disk(self, node: NodeId) -> RealDisk:
+    def disk(self, node: NodeId) -> Disk:
         self._mine(node)
         return self._disk
 

@@ -75,7 +75,8 @@ def test_header_layout() -> None:
     assert length == len(frame) - HEADER_BYTES == 3  # fixstr header + 2 bytes
 
 
-@given(st.binary(max_size=300) | st.lists(st.integers(), max_size=20), st.data())
+@given(st.binary(max_size=300) | st.lists(st.integers(-(2**63), 2**63 - 1), max_size=20),
+       st.data())
 @settings(max_examples=300)
 def test_any_single_bit_flip_is_detected(obj: Any, data: st.DataObject) -> None:
     frame = bytearray(encode_frame(obj))

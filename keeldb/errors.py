@@ -144,3 +144,51 @@ class NotFoundError(KeeldbError):
 
 class BenchmarkFailedError(KeeldbError):
     """An engine process of a benchmark failed or timed out; the results written are partial."""
+
+
+# --- raft core (area: consensus) ------------------------------------------------------------
+
+
+class ProposalDroppedError(RetryableError):
+    """A proposal (or read/transfer request) was not accepted: no leader known, a leadership
+    transfer in progress, or this node was removed. Retry, possibly on the leader."""
+
+
+class ConfChangeRefusedError(RetryableError):
+    """A membership change was refused: another change is still pending, or a learner has
+    not caught up yet. Retry after the pending change applied or the learner caught up."""
+
+
+class LogCompactedError(KeeldbError):
+    """Raft storage was asked for entries or a term below its first index (compacted away).
+    The core answers it by sending a snapshot instead."""
+
+
+class LogUnavailableError(KeeldbError):
+    """Raft storage was asked for entries beyond its last index."""
+
+
+# --- checker benchmark (area: keeldb bench checkers) ---------------------------------------
+
+
+class CheckerMismatchError(BenchmarkFailedError):
+    """A checker's verdict on a public corpus file differs from the recorded verdict."""
+
+
+# --- RESP protocol and Redis command layer (area: resp) -------------------------------------
+
+
+class RespProtocolError(UsageError):
+    """A client sent bytes that are not a valid RESP request, or a request over a limit.
+    The message is the Redis error text ("Protocol error: ..."); the server replies with it
+    and then closes the connection, as Redis does."""
+
+
+class CommandError(UsageError):
+    """A command was refused with a Redis error reply (wrong arity, bad argument, unknown
+    command). `message` is the full reply text including its code ("ERR ...", "WRONGTYPE ...");
+    the connection stays usable."""
+
+
+class StateRestoreError(CorruptionError):
+    """A state-machine snapshot could not be restored: bad format, version or checksum."""

@@ -115,3 +115,22 @@ raft_committed_bytes_per_ready_max = 4 * 1024 * 1024  # committed entry bytes in
 raft_outbox_messages_max = 100_000  # messages waiting for ready() (a sign ready() is not called)
 raft_learner_catchup_entries_max = 64  # a learner this close to the leader's log may be promoted
 raft_election_ticks_min = 2  # election timeout must be more ticks than the heartbeat
+level1_target_bytes_default = 256 * 1024 * 1024  # L1 byte target (RocksDB's default base)
+block_cache_bytes_engine_default = 256 * 1024 * 1024  # decoded blocks; ~1M 116-byte entries
+
+# --- RESP protocol and Redis command layer (area: resp) ------------------------------------
+resp_bulk_bytes_max = value_bytes_max  # one bulk string of a request (a key or a value)
+resp_args_max = 1024 * 1024  # arguments of one request (Redis refuses more unauthenticated)
+resp_request_bytes_max = 64 * 1024 * 1024  # bytes of one request, headers included
+resp_inline_bytes_max = 64 * 1024  # one inline (telnet-style) command line, as Redis
+resp_reply_depth_max = 64  # nesting of aggregate replies the reply reader accepts
+resp_multi_queued_max = 10_000  # commands queued between MULTI and EXEC
+resp_watch_keys_max = 10_000  # keys one connection may WATCH
+resp_client_name_bytes_max = 1024  # CLIENT SETNAME
+resp_pending_executes_max = 1_024  # commands handed to the node but not answered, per connection
+kv_sessions_max = 100_000  # client sessions (id -> last seq, last reply) kept for dedup
+kv_tombstones_max = 100_000  # versions of deleted keys kept so WATCH sees delete-and-recreate
+kv_scan_count_max = 100_000  # records one SCAN call examines (COUNT is capped here)
+kv_keys_reply_max = 1_000_000  # keys one KEYS reply may hold; more is an error (use SCAN)
+kv_sweep_keys_max = 10_000  # records one expiry sweep examines
+kv_batch_requests_max = 10_000  # requests in one atomic batch (a MULTI/EXEC or one command)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import hashlib
 import importlib.metadata
 import importlib.util
 import itertools
@@ -154,7 +155,12 @@ class KeeldbEngine(BenchEngine):
     def versions(self) -> dict[str, str]:
         from keeldb import __version__
 
-        return {"keeldb": __version__}
+        # The engine changes faster than its version number: name the exact source measured.
+        digest = hashlib.sha256()
+        root = Path(__file__).resolve().parent.parent  # the keeldb package
+        for src in sorted(root.rglob("*.py")):
+            digest.update(src.relative_to(root).as_posix().encode() + b"\0" + src.read_bytes())
+        return {"keeldb": __version__, "keeldb_source_sha256": digest.hexdigest()[:16]}
 
     def stats(self) -> dict[str, Any] | None:
         if self._db is None:

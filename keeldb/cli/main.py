@@ -14,6 +14,7 @@ from keeldb.errors import KeeldbError, UsageError
 COMMAND_MODULES: tuple[str, ...] = (
     "keeldb.cli.storage_cmds",
     "keeldb.cli.bench_cmds",
+    "keeldb.cli.bench_check_cmds",
     "keeldb.cli.check_linear_cmds",
     "keeldb.cli.check_txn_cmds",
     "keeldb.cli.sim_cmds",

@@ -18,11 +18,23 @@ if TYPE_CHECKING:
     from keeldb.storage.sstable import ReadStats, TableReader
 
 
+# Internally a key (table_id, offset) is packed into one int, table_id << OFFSET_BITS |
+# offset: an int hashes and compares with no extra objects to touch, which matters when the
+# cache holds hundreds of MB of scattered Python objects.
+OFFSET_BITS = 40  # offsets up to 1 TiB; tables are ~limits.table_bytes_target
+
+
+def pack_key(table_id: int, offset: int) -> int:
+    assert 0 <= offset < 1 << OFFSET_BITS and table_id >= 0, (table_id, offset)
+    return table_id << OFFSET_BITS | offset
+
+
 class BlockCache:
     """LRU of decoded blocks keyed by `(table_id, block_offset)`, bounded by `bytes_max`.
 
     `size` passed to `put` is the caller's estimate of the decoded block's heap footprint
     (see `sstable.decoded_block_bytes`). A block bigger than the whole cache is not kept.
+    `get_packed`/`put_packed` take `pack_key(table_id, offset)` for callers on a hot path.
     """
 
     __slots__ = ("bytes_max", "bytes", "hits", "misses", "_entries")
@@ -37,12 +49,18 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
         # key -> (block, size); oldest first.
-        self._entries: OrderedDict[tuple[int, int], tuple[object, int]] = OrderedDict()
+        self._entries: OrderedDict[int, tuple[object, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: tuple[int, int]) -> object | None:
+        return self.get_packed(pack_key(*key))
+
+    def put(self, key: tuple[int, int], block: object, size: int) -> None:
+        self.put_packed(pack_key(*key), block, size)
+
+    def get_packed(self, key: int) -> object | None:
         found = self._entries.get(key)
         if found is None:
             self.misses += 1
@@ -54,7 +72,7 @@ class BlockCache:
             pass
         return found[0]
 
-    def put(self, key: tuple[int, int], block: object, size: int) -> None:
+    def put_packed(self, key: int, block: object, size: int) -> None:
         assert size > 0, f"block size estimate must be positive, got {size}"
         old = self._entries.pop(key, None)
         if old is not None:
@@ -74,7 +92,7 @@ class BlockCache:
 
     def evict_table(self, table_id: int) -> None:
         """Drop every block of `table_id` (its file was deleted). O(cached blocks)."""
-        doomed = [k for k in self._entries if k[0] == table_id]
+        doomed = [k for k in self._entries if k >> OFFSET_BITS == table_id]
         for key in doomed:
             found = self._entries.pop(key, None)
             if found is not None:

@@ -38,13 +38,15 @@ class Options:
     table_bytes: int = limits.table_bytes_target
     bloom_bits_per_key: int = limits.bloom_bits_per_key
     compression: str = "none"  # "none" | "zstd"
-    block_cache_bytes: int = limits.block_cache_bytes_default
+    # Decoded blocks are Python objects (~2x the file bytes); 256 MiB keeps ~1M small
+    # entries hot, which is what makes pure-Python reads fast.
+    block_cache_bytes: int = limits.block_cache_bytes_engine_default
     table_cache_files: int = limits.table_cache_files_max
     l0_compaction_trigger: int = limits.l0_compaction_trigger_files
     l0_slowdown_files: int = limits.l0_slowdown_files
     l0_stop_files: int = limits.l0_stop_files
     level_size_ratio: int = limits.level_size_ratio
-    level1_bytes: int = limits.level1_bytes_max
+    level1_bytes: int = limits.level1_target_bytes_default
     # Called with a name from CRASH_POINTS when execution passes that point; crash tests
     # install a hook that SIGKILLs the process. None in production.
     crash_hook: Callable[[str], None] | None = field(default=None, compare=False)

@@ -70,8 +70,8 @@ from keeldb.storage.memtable import Memtable
 from keeldb.storage.merge import (
     CleanSource,
     VisibleMerger,
-    compact_newest,
     compact_with_snapshots,
+    merge_newest,
     merge_sources,
 )
 from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
@@ -626,19 +626,21 @@ class LsmEngine:
         try:
             sources = [TableReader.open(f, t.id, BlockCache(0), ReadStats()).iter()
                        for f, t in zip(files, tables, strict=True)]
-            return self._write_outputs(merge_sources(sources), plan)
+            return self._write_outputs(sources, plan)
         finally:
             for f in files:
                 f.close()
 
-    def _write_outputs(self, merged: Iterator[Any], plan: cp.CompactionPlan) -> tuple[TableMeta, ...]:
+    def _write_outputs(self, sources: list[Iterator[Any]],
+                       plan: cp.CompactionPlan) -> tuple[TableMeta, ...]:
         # Output tables are cut between chunks: keep chunks small next to table_bytes.
         chunk_max = max(8, min(COMPACTION_CHUNK_ENTRIES, self.options.table_bytes // 128))
         snapshots = self.live_snapshots()
         if snapshots:
-            chunks = compact_with_snapshots(merged, snapshots, plan.bottom, chunk_max)
+            chunks = compact_with_snapshots(merge_sources(sources), snapshots, plan.bottom,
+                                            chunk_max)
         else:
-            chunks = compact_newest(merged, plan.bottom, chunk_max)
+            chunks = merge_newest(sources, plan.bottom, chunk_max)
         outputs: list[TableMeta] = []
         writer: TableWriter | None = None
         file = None

@@ -107,6 +107,7 @@ class VisibleMerger:
 
 
 _seq_of = itemgetter(1)  # an entry's seq, in C
+_key_of = itemgetter(0)  # an entry's key, in C
 
 
 def _resolve(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
@@ -146,6 +147,56 @@ class CleanSource:
                 self.exhausted = True
             out += [(e[0], e[3]) for e in got if e[2]]
         return out
+
+
+def merge_newest(sources: list[Iterator[Entry]], drop_tombstones: bool,
+                 chunk_entries: int) -> Iterator[list[Entry]]:
+    """Merge sorted sources keeping only the newest version per key, a chunk at a time.
+
+    The per-entry work runs in C: each round reads up to `chunk_entries` entries from every
+    source, takes those below the smallest "last key read" of the sources not yet exhausted
+    (nothing smaller can come later), sorts them (timsort merges the runs), and lets a dict
+    keep the last -- highest seq -- version of each key. The same result as `compact_newest`
+    over `heapq.merge`, several times faster.
+    """
+    k = len(sources)
+    bufs: list[list[Entry]] = [[] for _ in range(k)]
+    done = [False] * k
+    want = max(1, chunk_entries)
+    while True:
+        for i in range(k):
+            if not done[i] and len(bufs[i]) < want:
+                need = want - len(bufs[i])
+                more = list(islice(sources[i], need))
+                if len(more) < need:
+                    done[i] = True
+                bufs[i] += more
+        lasts = [bufs[i][-1][0] for i in range(k) if not done[i] and bufs[i]]
+        final = not lasts
+        taken: list[Entry] = []
+        if final:
+            for i in range(k):
+                taken += bufs[i]
+                bufs[i] = []
+        else:
+            boundary = min(lasts)
+            for i in range(k):
+                j = bisect.bisect_left(bufs[i], boundary, key=_key_of)
+                if j:
+                    taken += bufs[i][:j]
+                    del bufs[i][:j]
+        if taken:
+            taken.sort()  # (key asc, seq asc): the newest version of a key comes last
+            out = list(dict(zip(map(_key_of, taken), taken, strict=True)).values())
+            if drop_tombstones:
+                out = [e for e in out if e[2]]
+            if out:
+                yield out
+            want = max(1, chunk_entries)
+        elif not final:
+            want *= 2  # every buffered entry is at the boundary key: read further
+        if final:
+            return
 
 
 def compact_newest(

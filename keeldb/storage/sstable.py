@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain, islice, repeat
 from operator import add, lt, ne, neg
-from typing import TYPE_CHECKING
 
 import zstandard
 from crc32c import crc32c
@@ -39,10 +38,8 @@ from keeldb import limits
 from keeldb.errors import ClosedError, ConfigError, CorruptionError
 from keeldb.ports import File
 from keeldb.storage.bloom import BloomFilter
+from keeldb.storage.cache import BlockCache, pack_key
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT
-
-if TYPE_CHECKING:
-    from keeldb.storage.cache import BlockCache
 
 Entry = tuple[bytes, int, int, bytes]
 # A decoded block: keys and values as lists of objects (bisect needs the keys; reads and
@@ -482,7 +479,7 @@ class TableReader:
     _last_keys: list[bytes]
     _offsets: list[int]
     _sizes: list[int]
-    _cache_keys: list[tuple[int, int]]
+    _cache_keys: list[int]
     _bloom: BloomFilter
     _nblocks: int
     _pins: int
@@ -540,7 +537,7 @@ class TableReader:
         # empty table: largest b"" is below every (non-empty) key, so get() returns at once
         self._smallest, self._largest = self.props.smallest, self.props.largest
         self._bloom_blocks, self._bloom_n, self._mask_a, self._mask_b = self._bloom.probe_parts()
-        self._cache_keys = [(table_id, off) for off in self._offsets]
+        self._cache_keys = [pack_key(table_id, off) for off in self._offsets]
         return self
 
     # -- opening
@@ -702,10 +699,10 @@ class TableReader:
 
     def _block(self, i: int) -> DecodedBlock:
         ck = self._cache_keys[i]
-        block = self._cache.get(ck)
+        block = self._cache.get_packed(ck)
         if block is None:
             block, size = self._decode(i)
-            self._cache.put(ck, block, size)
+            self._cache.put_packed(ck, block, size)
         return block  # type: ignore[return-value]
 
     # -- reads

@@ -27,6 +27,7 @@ from keeldb.errors import (
     DiskFullError,
     InvalidKeyError,
     InvalidValueError,
+    LimitExceededError,
     LockedError,
     StorageIOError,
     UsageError,
@@ -126,6 +127,22 @@ def test_exception_inside_a_batch_discards_it(db: Any) -> None:
     assert db.get(b"a") is None
 
 
+def test_batch_over_batch_ops_max_is_refused_and_applies_nothing(db: Any) -> None:
+    with pytest.raises(LimitExceededError) as info:
+        with db.write_batch() as wb:
+            for i in range(limits.batch_ops_max + 1):
+                wb.put(b"b%06d" % i, b"")
+    assert "batch_ops_max" in str(info.value) and str(limits.batch_ops_max) in str(info.value)
+    assert db.get(b"b000000") is None
+
+
+def test_scan_limit_over_the_maximum_is_refused(db: Any) -> None:
+    with pytest.raises(LimitExceededError, match="scan_limit_max"):
+        list(db.scan(limit=limits.scan_limit_max + 1))
+    with pytest.raises(UsageError):
+        list(db.scan(limit=-1))
+
+
 # --- use after close ---------------------------------------------------------------------------
 
 
@@ -152,6 +169,19 @@ def test_use_after_close_raises_closed_error(tmp_path: Path) -> None:
             call()
         assert "closed" in str(info.value).lower(), name
     db.close()  # closing twice is harmless
+
+
+def test_snapshot_of_a_closed_store_raises_closed_error(tmp_path: Path) -> None:
+    db = keeldb.open(str(tmp_path / "db"))
+    db.put(b"k", b"v")
+    snap = db.snapshot()
+    assert snap.get(b"k") == b"v"
+    db.close()
+    with pytest.raises(ClosedError):
+        snap.get(b"k")
+    with pytest.raises(ClosedError):
+        list(snap.scan())
+    snap.close()  # releasing a snapshot of a closed store is harmless
 
 
 def test_closed_error_is_a_usage_error(tmp_path: Path) -> None:
@@ -236,7 +266,7 @@ def test_lock_of_a_killed_holder_is_released(tmp_path: Path) -> None:
         db.put(b"k", b"v")
 
 
-# --- a full disk: a real 1 MiB tmpfs in a private mount namespace ------------------------------
+# --- a full disk: a real 3 MiB tmpfs in a private mount namespace ------------------------------
 
 FILL_CHILD = """
 import json, os, sys
@@ -244,7 +274,7 @@ import keeldb
 root = sys.argv[1]
 ballast = os.path.join(root, "ballast")
 with open(ballast, "wb") as f:
-    f.write(b"x" * 128 * 1024)
+    f.write(b"x" * 1024 * 1024)  # freed later: more than recovery needs (logs -> table)
 path = os.path.join(root, "db")
 result = {"acked": 0}
 db = keeldb.open(path, sync="always", memtable_bytes=64 * 1024, table_bytes=64 * 1024)
@@ -269,6 +299,11 @@ try:
     result["close"] = "ok"
 except keeldb.KeeldbError as exc:
     result["close"] = type(exc).__name__
+try:  # reopening on the still-full disk: fine, or a typed error that changes nothing
+    keeldb.open(path).close()
+    result["reopen_full"] = "ok"
+except keeldb.KeeldbError as exc:
+    result["reopen_full"] = type(exc).__name__
 os.remove(ballast)
 with keeldb.open(path) as db2:
     got = dict(db2.scan())
@@ -286,7 +321,7 @@ def _run_in_small_tmpfs(tmp_path: Path, code: str) -> dict[str, Any]:
         pytest.skip("unshare(1) not found: cannot make a small filesystem without root")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    script = 'mount -t tmpfs -o size=1m keeldb-enospc "$1" || exit 97; exec "$2" -c "$3" "$1"'
+    script = 'mount -t tmpfs -o size=3m keeldb-enospc "$1" || exit 97; exec "$2" -c "$3" "$1"'
     out = subprocess.run(
         [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh",
          str(mnt), sys.executable, code],
@@ -304,11 +339,12 @@ def _run_in_small_tmpfs(tmp_path: Path, code: str) -> dict[str, Any]:
 
 def test_enospc_on_a_real_filesystem(tmp_path: Path) -> None:
     r = _run_in_small_tmpfs(tmp_path, FILL_CHILD)
-    assert "error_type" in r, f"filled 1 MiB without an error: {r}"
+    assert "error_type" in r, f"filled 3 MiB without an error: {r}"
     assert r["storage_io"], f"ENOSPC surfaced as {r['error_type']}: {r['message']}"
     assert "space" in r["message"].lower(), r["message"]
     assert r["unreadable"] == [], "acknowledged writes unreadable after ENOSPC"
     assert r["second_write"] != "ok", "a write succeeded on a store that hit ENOSPC"
+    assert r["reopen_full"] in ("ok", "DiskFullError", "StorageIOError"), r
     assert r["lost_after_reopen"] == [], f"acknowledged writes lost: {r}"
     assert r["prefix"], f"recovered keys are not a prefix: {r}"
     assert r["survived"] >= r["acked"]

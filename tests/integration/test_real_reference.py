@@ -17,6 +17,8 @@ import asyncio
 import json
 import random
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -349,29 +351,43 @@ def test_admin_port_refuses_bad_commands(procs: list[NodeProcess], tmp_path: Pat
 EVENTS: list[tuple[str, Any]] = []
 
 
+class RecordingFile:
+    """A file that logs each completed fsync with the bytes it made durable, and fails the
+    fsync when the last record is "bad"."""
+
+    def __init__(self, inner: RealFile) -> None:
+        self._inner = inner
+        self.name = inner.name
+
+    def append(self, data: bytes) -> None:
+        self._inner.append(data)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return self._inner.read_at(offset, size)
+
+    def size(self) -> int:
+        return self._inner.size()
+
+    def truncate(self, size: int) -> None:
+        self._inner.truncate(size)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def sync(self) -> None:
+        data = self.read_at(0, self.size())
+        if data.endswith(b"bad;"):
+            raise StorageIOError(f"injected fsync failure on {self.name}")
+        self._inner.sync()
+        EVENTS.append(("synced", data))
+
+
 class RecordingDisk(RealDisk):
-    """A RealDisk whose files log each completed fsync (and fail it when the last record is
-    "bad")."""
+    def create(self, name: str) -> RecordingFile:  # type: ignore[override]
+        return RecordingFile(super().create(name))
 
-    def _wrap(self, f: RealFile) -> RealFile:
-        inner_sync = f.sync
-        name = f.name
-
-        def sync() -> None:
-            data = f.read_at(0, f.size())
-            if data.endswith(b"bad;"):
-                raise StorageIOError(f"injected fsync failure on {name}")
-            inner_sync()
-            EVENTS.append(("synced", data))
-
-        f.sync = sync  # type: ignore[method-assign]
-        return f
-
-    def create(self, name: str) -> RealFile:
-        return self._wrap(super().create(name))
-
-    def open(self, name: str, *, append: bool = False) -> RealFile:
-        return self._wrap(super().open(name, append=append))
+    def open(self, name: str, *, append: bool = False) -> RecordingFile:  # type: ignore[override]
+        return RecordingFile(super().open(name, append=append))
 
 
 class Writer:
@@ -427,3 +443,13 @@ def test_real_world_sends_and_replies_only_after_the_sync(tmp_path: Path) -> Non
             synced_before = [d for k, d in EVENTS[:i] if k == "synced"]
             assert any(f"{msg};".encode() in d for d in synced_before), (
                 f"{msg!r} reached n2 before a sync made it durable: {EVENTS[:i + 1]}")
+
+
+def test_runner_exit_codes(procs: list[NodeProcess], tmp_path: Path) -> None:
+    (node,) = launch(procs, "register", ["n1"], tmp_path)
+    assert node.terminate() == 0  # SIGTERM: a clean stop
+    bad = subprocess.run(
+        [sys.executable, "-m", "keeldb.runtime.real.runner", "--system", "no-such-system",
+         "--id", "n1", "--peers", "n1=127.0.0.1:0", "--data", str(tmp_path / "x")],
+        capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "unknown system 'no-such-system'" in bad.stderr

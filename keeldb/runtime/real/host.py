@@ -116,14 +116,16 @@ class NodeHost:
         return await self._stopped
 
     async def close(self) -> None:
-        self.driver.crash()  # drop the node; the disk keeps what was synced
+        """Stop taking input, let the disk op in flight finish, then drop the node (like a
+        crash: the disk keeps what was synced)."""
+        self.world.close()
+        self.driver.crash()
         if self._client_server is not None:
             self._client_server.close()
         for conn in list(self._conns):
             conn.writer.close()
         await self.admin.close()
         await self.transport.close()
-        self.world.close()
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, ctx: dict[str, Any]) -> None:
         exc = ctx.get("exception")

@@ -47,6 +47,7 @@ class RealWorld:
         self.on_halt: Callable[[str], None] | None = None
         self.applied_count = 0
         self.last_applied: Any = None
+        self.closed = False
 
     def _mine(self, node: NodeId) -> None:
         assert node == self.node, f"world of {self.node!r} asked about {node!r}"
@@ -62,11 +63,14 @@ class RealWorld:
     def call_later(self, node: NodeId, delay_ns: int, fn: Callable[[], None]) -> None:
         self._mine(node)
         assert delay_ns >= 0
-        self._loop.call_later(delay_ns / 1e9, fn)
+        if not self.closed:
+            self._loop.call_later(delay_ns / 1e9, fn)
 
     def submit_io(self, node: NodeId, perform: Callable[[], IoResult],
                   complete: Callable[[IoResult], None]) -> None:
         self._mine(node)
+        if self.closed:
+            return  # shutting down: the driver treats the node as gone anyway
         if self._executor is None:
             complete(perform())
             return
@@ -84,7 +88,8 @@ class RealWorld:
 
     def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
         self._mine(src)
-        self._transport.send(dst, msg)
+        if not self.closed:
+            self._transport.send(dst, msg)
 
     def reply(self, node: NodeId, reply: Reply) -> None:
         self._mine(node)
@@ -103,5 +108,7 @@ class RealWorld:
             self.on_halt(reason)
 
     def close(self) -> None:
+        """Accept no more disk ops or timers and wait for the disk op in flight, if any."""
+        self.closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=True)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from keeldb import limits
 from keeldb.storage import compaction as cp
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Options
 from keeldb.storage.manifest import TableMeta
 from keeldb.storage.merge import (
+    VisibleMerger,
     compact_newest,
     compact_with_snapshots,
     keep_versions,
+    merge_newest,
+    merge_sources,
     visible_pairs,
 )
 
@@ -108,3 +114,56 @@ def test_visible_pairs_picks_newest_visible_per_key() -> None:
     assert list(visible_pairs(merged, 10, 100)) == [(b"a", b"5"), (b"c", b"9")]
     assert list(visible_pairs(merged, 3, 100)) == [(b"a", b"3"), (b"b", b"1")]
     assert list(visible_pairs(merged, 10, 1)) == [(b"a", b"5")]
+
+
+# --- the fast chunked paths agree with the simple generators ----------------------------------
+
+SOURCE = st.lists(st.tuples(st.sampled_from([b"a", b"b", b"c", b"d", b"e", b"f"]),
+                            st.integers(1, 60), st.sampled_from([KIND_PUT, KIND_DELETE])),
+                  max_size=25)
+
+
+def _sources(raw: list[list[tuple[bytes, int, int]]]) -> list[list[E]]:
+    """Sorted sources (key asc, seq desc) with globally unique seqs."""
+    seen: set[int] = set()
+    out = []
+    for src in raw:
+        entries = []
+        for key, seq, kind in src:
+            if seq not in seen:
+                seen.add(seq)
+                entries.append((key, seq, kind, b"v%d" % seq if kind else b""))
+        out.append(sorted(entries, key=lambda e: (e[0], -e[1])))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.lists(SOURCE, min_size=1, max_size=4), bottom=st.booleans(),
+       chunk=st.integers(1, 6))
+def test_merge_newest_equals_heap_merge(raw: list[list[tuple[bytes, int, int]]], bottom: bool,
+                                        chunk: int) -> None:
+    srcs = _sources(raw)
+    expected = [e for c in compact_newest(merge_sources([iter(s) for s in srcs]), bottom, 100)
+                for e in c]
+    got = [e for c in merge_newest([iter(s) for s in srcs], bottom, chunk) for e in c]
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.lists(SOURCE, min_size=1, max_size=4), seq=st.integers(0, 70),
+       reverse=st.booleans(), sizes=st.lists(st.integers(1, 5), min_size=1, max_size=8))
+def test_visible_merger_equals_visible_pairs(raw: list[list[tuple[bytes, int, int]]], seq: int,
+                                             reverse: bool, sizes: list[int]) -> None:
+    srcs = _sources(raw)
+    if reverse:
+        srcs = [s[::-1] for s in srcs]
+    expected = list(visible_pairs(merge_sources([iter(s) for s in srcs], reverse), seq, 10**6))
+    merger = VisibleMerger(merge_sources([iter(s) for s in srcs], reverse), seq)
+    got: list[tuple[bytes, bytes]] = []
+    i = 0
+    while not merger.exhausted:
+        part = merger.take(sizes[i % len(sizes)])
+        assert len(part) <= sizes[i % len(sizes)]
+        got += part
+        i += 1
+    assert got == expected

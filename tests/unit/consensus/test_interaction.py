@@ -14,6 +14,7 @@ the diff). Commands (ids are node ids):
     campaign 1 | propose 1 DATA | read-index 1 CTX | transfer 1 2
     add-learner 1 4 | promote 1 4 | remove 1 3      (conf changes proposed on node 1)
     tick 1 [xN] | tick all [xN]                     (ticks; Ready handled after each)
+    elapse xN          N times: tick every node once, then stabilize
     deliver [xN]       deliver every queued message once (N rounds), printing them
     stabilize          deliver until quiet, silently
     partition 1 / 2 3 | isolate 1 | heal | crash 1 | wipe 1 | compact 1 [KEEP]
@@ -137,6 +138,13 @@ class Runner:
             self.n.tick_all(times)
         else:
             self.n.tick(args[0], times)
+        return []
+
+    def cmd_elapse(self, args: list[str]) -> list[str]:
+        _, times = self._times(args)
+        for _ in range(times):
+            self.n.tick_all(1)
+            self.n.stabilize()
         return []
 
     def cmd_deliver(self, args: list[str]) -> list[str]:

@@ -36,7 +36,7 @@ app.add_typer(check_app, name="check")
 app.add_typer(bench_app, name="bench")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _State:

@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keeldb.cli.check_linear_cmds",
     "keeldb.cli.check_txn_cmds",
     "keeldb.cli.sim_cmds",
+    "keeldb.cli.node_cmds",
 )
 
 

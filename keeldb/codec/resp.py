@@ -568,7 +568,10 @@ class ReplyReader:
             except (UnicodeDecodeError, ValueError):
                 raise _protocol_error(f"invalid double {rest[:64]!r}") from None
         if kind == b"(":
-            return BigNumber(self._int(rest, "big number"))
+            body = rest[1:] if rest[:1] == b"-" else rest
+            if not body.isdigit() or len(rest) > 4000:
+                raise _protocol_error(f"invalid big number {rest[:64]!r}")
+            return BigNumber(int(rest))
         if kind in (b"*", b"~", b">", b"%", b"|"):
             return self._aggregate(kind, rest, depth)
         raise _protocol_error(f"unknown reply type {kind!r}")

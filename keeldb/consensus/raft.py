@@ -399,8 +399,10 @@ class Raft:
     def _hup(self, transfer: bool) -> None:
         if self.role == Role.LEADER or not self.promotable():
             return
-        if self._unapplied_conf_change():
+        if not transfer and self._unapplied_conf_change():
             return  # the membership we would campaign under is about to change
+        # (A transfer may go ahead: with one change at a time the old and new majorities
+        # overlap, and a leader removing itself hands over right after the change commits.)
         if self.cfg.pre_vote and not transfer:
             self._campaign(pre=True, transfer=False)
         else:

@@ -87,12 +87,11 @@ def restore(r: Raft, snap: Snapshot) -> bool:
     still move forward to it)."""
     if snap.index <= r.log.committed:
         return False
-    cs = snap.meta.conf_state
-    if r.id not in cs.voters and r.id not in cs.learners:
-        return False  # a snapshot of a membership without us: not ours to install
+    # A snapshot may predate our joining (its membership lacks us): the conf changes after
+    # it, replayed as they apply, add us.
     if r.log.match_term(snap.index, snap.term):
         r.log.commit_to(snap.index)  # our log already has it: just fast-forward the commit
         return False
     r.log.restore(snap)
-    r.restore_conf(cs)
+    r.restore_conf(snap.meta.conf_state)
     return True

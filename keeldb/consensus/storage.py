@@ -12,6 +12,10 @@ from typing import Protocol
 
 from keeldb.consensus.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from keeldb.errors import LogCompactedError, LogUnavailableError, UsageError
+from keeldb.types import NodeId
+
+BOOTSTRAP_INDEX = 1
+BOOTSTRAP_TERM = 1
 
 
 class Storage(Protocol):
@@ -51,11 +55,25 @@ def limit_size(entries: list[Entry], max_bytes: int) -> list[Entry]:
 class MemoryStorage:
     """A `Storage` in memory; tests treat it as the node's durable disk."""
 
-    def __init__(self, conf_state: ConfState | None = None) -> None:
+    def __init__(self) -> None:
         self.hard_state = HardState()
-        self._snapshot = Snapshot(SnapshotMeta(conf_state=conf_state or ConfState()))
+        self._snapshot = Snapshot()
         # _ents[0] is a dummy standing for the snapshot (its index and term).
         self._ents: list[Entry] = [Entry(0, 0)]
+
+    @classmethod
+    def bootstrap(cls, voters: tuple[NodeId, ...] | list[NodeId]) -> MemoryStorage:
+        """The disk of a member of a brand-new cluster.
+
+        The initial membership is a snapshot at index 1, term 1 with empty data, identical on
+        every founding member. A node added later starts empty and receives that membership
+        (or a newer one) as a snapshot from the leader, then the conf changes after it.
+        """
+        st = cls()
+        cs = ConfState(tuple(sorted(voters)))
+        st.apply_snapshot(Snapshot(SnapshotMeta(BOOTSTRAP_INDEX, BOOTSTRAP_TERM, cs)))
+        st.hard_state = HardState(BOOTSTRAP_TERM, commit=BOOTSTRAP_INDEX)
+        return st
 
     def initial_state(self) -> tuple[HardState, ConfState]:
         return self.hard_state, self._snapshot.meta.conf_state

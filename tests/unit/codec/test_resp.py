@@ -166,9 +166,10 @@ def test_protocol_errors_have_redis_text(data: bytes, message: str) -> None:
 
 def test_limits_are_enforced() -> None:
     with pytest.raises(RespProtocolError, match="too big inline request"):
-        parse_all(b"x" * 200, inline_bytes_max=100, request_bytes_max=1000)
+        parse_all(b"x" * 200, inline_bytes_max=100, request_bytes_max=1000, bulk_bytes_max=100)
     with pytest.raises(RespProtocolError, match="too big mbulk count string"):
-        parse_all(b"*" + b"1" * 200, inline_bytes_max=100, request_bytes_max=1000)
+        parse_all(b"*" + b"1" * 200, inline_bytes_max=100, request_bytes_max=1000,
+                  bulk_bytes_max=100)
     with pytest.raises(RespProtocolError, match="invalid bulk length 101"):
         parse_all(encode_request([b"a" * 101]), bulk_bytes_max=100, request_bytes_max=1000)
     with pytest.raises(RespProtocolError, match="resp_request_bytes_max=1000"):

@@ -17,7 +17,6 @@ import msgpack
 
 from keeldb.consensus.confchange import ConfChange
 from keeldb.consensus.messages import (
-    ConfState,
     Entry,
     EntryType,
     Message,
@@ -49,7 +48,7 @@ class Node:
         self.seed = seed
         self.sm: dict[int, tuple[int, bytes]] = {}  # applied index -> (term, data)
         self.read_states: list[ReadState] = []
-        self.applied = 0
+        self.applied = storage.snapshot().index
         self.raft = self._build()
 
     def _build(self) -> Raft:
@@ -82,7 +81,7 @@ class Network:
         self.voters = tuple(sorted(nid(i) for i in ids))
         self.nodes: dict[NodeId, Node] = {}
         for i in self.voters:
-            self.nodes[i] = Node(i, MemoryStorage(ConfState(self.voters)), cfg, seed)
+            self.nodes[i] = Node(i, MemoryStorage.bootstrap(self.voters), cfg, seed)
         self.queue: deque[Message] = deque()
         self.cut: set[tuple[NodeId, NodeId]] = set()
         self.down: set[NodeId] = set()

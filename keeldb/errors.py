@@ -192,3 +192,32 @@ class CommandError(UsageError):
 
 class StateRestoreError(CorruptionError):
     """A state-machine snapshot could not be restored: bad format, version or checksum."""
+
+
+# --- MVCC transactions (area: txn) ------------------------------------------------------------
+
+
+class SerializationConflict(TransactionConflict):
+    """A transaction lost a write-write or read-write conflict against `other_txn` on `key`.
+
+    Retrying the whole transaction from its start is safe (nothing of it was written)."""
+
+    def __init__(self, message: str, *, key: bytes = b"", other_txn: int = 0,
+                 kind: str = "write-write") -> None:
+        super().__init__(message)
+        self.key = key
+        self.other_txn = other_txn
+        self.kind = kind
+
+
+class TransactionTooLargeError(LimitExceededError):
+    """A transaction buffered more ops, bytes or read-set entries than its limit allows."""
+
+
+class TransactionTooOldError(RetryableError):
+    """A transaction lived longer than `limits.txn_age_seconds_max` or fell further behind
+    than `limits.txn_commits_behind_max` commits; restart it (it may succeed when shorter)."""
+
+
+class TransactionClosedError(ClosedError):
+    """A transaction was used after its commit or rollback; begin a new one."""

@@ -127,10 +127,23 @@ resp_reply_depth_max = 64  # nesting of aggregate replies the reply reader accep
 resp_multi_queued_max = 10_000  # commands queued between MULTI and EXEC
 resp_watch_keys_max = 10_000  # keys one connection may WATCH
 resp_client_name_bytes_max = 1024  # CLIENT SETNAME
-resp_pending_executes_max = 1_024  # commands handed to the node but not answered, per connection
+resp_pending_executes_max = 1_024  # requests read but not answered yet, per connection
 kv_sessions_max = 100_000  # client sessions (id -> last seq, last reply) kept for dedup
 kv_tombstones_max = 100_000  # versions of deleted keys kept so WATCH sees delete-and-recreate
 kv_scan_count_max = 100_000  # records one SCAN call examines (COUNT is capped here)
 kv_keys_reply_max = 1_000_000  # keys one KEYS reply may hold; more is an error (use SCAN)
 kv_sweep_keys_max = 10_000  # records one expiry sweep examines
 kv_batch_requests_max = 10_000  # requests in one atomic batch (a MULTI/EXEC or one command)
+
+# --- MVCC transactions (area: txn) ---------------------------------------------------------
+txn_ops_max = 50_000  # puts/deletes buffered by one transaction (one engine batch at commit)
+txn_bytes_max = 16 * 1024 * 1024  # key + value bytes buffered by one transaction
+txn_read_set_entries_max = 1_000_000  # keys and ranges one serializable transaction tracks
+txn_age_seconds_max = 60  # a transaction older than this (when a clock is given) must restart
+txn_commits_behind_max = 100_000  # commits a transaction's snapshot may fall behind
+txn_active_max = 10_000  # transactions open at once on one manager
+txn_retries_max_default = 10  # attempts `transactional` makes before giving up
+txn_backoff_ms_min = 1  # first retry waits up to this long (full jitter)
+txn_backoff_ms_max = 1_000  # no retry waits longer than this
+mvcc_gc_step_entries = 1_024  # versions one garbage-collection step examines
+mvcc_gc_every_commits = 256  # a commit runs one GC step after this many commits

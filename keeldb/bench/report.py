@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -14,6 +15,12 @@ def _ops(cell: dict[str, Any] | None) -> str:
 
 def _x(v: float | None) -> str:
     return "–" if v is None else f"{v:.2f}×"
+
+
+def _share(runs: list[dict[str, Any]], engine: str, workload: str) -> str:
+    shares = [r["cpu_seconds"] / r["seconds"] for run in runs if run["engine"] == engine
+              for r in run["workloads"] if r["workload"] == workload and r["seconds"] > 0]
+    return "–" if not shares else f"{statistics.median(shares):.2f}"
 
 
 def _load(v: list[float] | None) -> str:
@@ -71,6 +78,12 @@ def markdown(result: dict[str, Any]) -> str:
             trows.append([t["target"], got, verdict])
         lines += ["keeldb-lsm against the issue's targets:", ""]
         lines += _table(["target", "measured", "verdict"], trows) + [""]
+    lines += ["CPU time of the engine process / wall time, median (above 1: background threads on "
+              "the second core; well below 1: waiting for the disk, or the machine was busy "
+              "with other work):", ""]
+    lines += _table(["workload"] + engines,
+                    [[w] + [_share(result["runs"], e, w) for e in engines]
+                     for w in cfg["workloads"]]) + [""]
     rrows = []
     for e, v in result["peak_rss"].items():
         h = v["harness_rss_bytes"]

@@ -414,39 +414,57 @@ class RequestParser:
         return True
 
     def _multibulk_args(self) -> list[bytes] | None:
+        """Read the bulk strings of the request in progress (locals: this is the hot path)."""
         args = self._args
         assert args is not None
-        while self._args_left:
-            if self._bulk_len < 0:
-                if self._pos >= len(self._buf):
+        buf, pos, left, size = self._buf, self._pos, self._args_left, self._bulk_len
+        n = len(buf)
+        try:
+            while left:
+                if size < 0:
+                    if pos >= n:
+                        return None
+                    if buf[pos] != 36:  # '$'
+                        raise _protocol_error(f"expected '$', got '{chr(buf[pos])}'")
+                    end = buf.find(b"\r\n", pos)
+                    if end < 0:
+                        if n - pos > self.inline_bytes_max:
+                            raise _protocol_error(
+                                f"too big bulk count string (over {self.inline_bytes_max} "
+                                "bytes without CRLF; end every header line with \\r\\n)")
+                        return None
+                    raw = bytes(buf[pos + 1:end])
+                    size = self._bulk_size(raw)
+                    self._request_bytes += end + 2 - pos
+                    pos = end + 2
+                    self._check_request_bytes(size + 2)
+                if n - pos < size + 2:
                     return None
-                if self._buf[self._pos] != 36:  # '$'
-                    got = chr(self._buf[self._pos])
-                    raise _protocol_error(f"expected '$', got '{got}'")
-                line = self._line("too big bulk count string", self.inline_bytes_max)
-                if line is None:
-                    return None
-                size = _parse_int(line[1:])
-                if size is None or size < 0 or size > self.bulk_bytes_max:
-                    detail = f" {line[1:65]!r}" if size is None or size < 0 else (
-                        f" {size} (over resp_bulk_bytes_max={self.bulk_bytes_max}; "
-                        "store smaller values)")
-                    raise _protocol_error(f"invalid bulk length{detail}")
-                self._bulk_len = size
-                self._check_request_bytes(size + 2)
-            size = self._bulk_len
-            if len(self._buf) - self._pos < size + 2:
-                return None
-            end = self._pos + size
-            if self._buf[end:end + 2] != CRLF:
-                raise _protocol_error(f"expected CRLF after a bulk string of {size} bytes")
-            args.append(bytes(self._buf[self._pos:end]))
-            self._pos = end + 2
-            self._request_bytes += size + 2
-            self._bulk_len = -1
-            self._args_left -= 1
+                end = pos + size
+                if buf[end] != 13 or buf[end + 1] != 10:
+                    raise _protocol_error(f"expected CRLF after a bulk string of {size} bytes")
+                args.append(bytes(buf[pos:end]))
+                pos = end + 2
+                self._request_bytes += size + 2
+                size = -1
+                left -= 1
+        finally:
+            self._pos, self._args_left, self._bulk_len = pos, left, size
         self._args = None
         return args
+
+    def _bulk_size(self, raw: bytes) -> int:
+        if raw.isdigit() and len(raw) < 19 and (raw[0] != 48 or len(raw) == 1):
+            size = int(raw)  # the common case, checked as strictly as parse_int64 does
+        else:
+            parsed = parse_int64(raw)
+            if parsed is None or parsed < 0:
+                raise _protocol_error(f"invalid bulk length {raw[:64]!r}")
+            size = parsed
+        if size > self.bulk_bytes_max:
+            raise _protocol_error(f"invalid bulk length {size} (over resp_bulk_bytes_max="
+                                  f"{self.bulk_bytes_max}; store smaller values)")
+        return size
 
     def _check_request_bytes(self, more: int) -> None:
         total = self._request_bytes + more

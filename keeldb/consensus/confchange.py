@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import msgpack
 
 from keeldb.consensus.messages import ConfState
 from keeldb.errors import CorruptionError
 from keeldb.types import NodeId
+
+if TYPE_CHECKING:
+    from keeldb.consensus.raft import Raft
 
 
 class ConfChangeType(StrEnum):
@@ -55,3 +59,27 @@ def apply_conf_change(cs: ConfState, cc: ConfChange) -> ConfState:
         voters.discard(cc.node)
         learners.discard(cc.node)
     return ConfState(tuple(sorted(voters)), tuple(sorted(learners)))
+
+
+def conf_change_refusal(r: Raft, cc: ConfChange) -> str:
+    """Why the leader `r` must refuse `cc` now (empty: it may go ahead)."""
+    if r.pending_conf_index > r.log.applied:
+        return (f"change at index {r.pending_conf_index} not applied yet "
+                f"(applied {r.log.applied}); one change at a time")
+    if cc.type == ConfChangeType.ADD_VOTER:
+        if cc.node in r.conf.voters:
+            return f"{cc.node} is already a voter"
+        if cc.node not in r.conf.learners:
+            return f"{cc.node} is not a learner; add it as a learner first"
+        behind = r.log.last_index() - r.prs[cc.node].match
+        if behind > r.cfg.learner_catchup_entries:
+            return (f"learner {cc.node} is {behind} entries behind, limit "
+                    f"learner_catchup_entries={r.cfg.learner_catchup_entries}")
+    elif cc.type == ConfChangeType.ADD_LEARNER:
+        if cc.node in r.conf.voters or cc.node in r.conf.learners:
+            return f"{cc.node} is already a member"
+    elif cc.node not in r.conf.voters and cc.node not in r.conf.learners:
+        return f"{cc.node} is not a member"
+    elif r.conf.voters == (cc.node,):
+        return f"{cc.node} is the last voter"
+    return ""

@@ -68,6 +68,7 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: one MsgApp is out, wait for an answer or a heartbeat
         self.recent_active = False  # heard from since the last check-quorum
+        self.lease_tick = -(1 << 62)  # leader's tick at sending the newest answered heartbeat
         self.is_learner = is_learner
         self.pending_snapshot = 0  # SNAPSHOT: index of the snapshot being sent
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the image being sent

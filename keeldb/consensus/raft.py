@@ -19,11 +19,7 @@ from dataclasses import dataclass, replace
 
 from keeldb import limits
 from keeldb.consensus import snapshots
-from keeldb.consensus.confchange import (
-    ConfChange,
-    ConfChangeType,
-    apply_conf_change,
-)
+from keeldb.consensus.confchange import ConfChange, apply_conf_change, conf_change_refusal
 from keeldb.consensus.log import RaftLog
 from keeldb.consensus.messages import (
     CAMPAIGN_TRANSFER,
@@ -41,7 +37,7 @@ from keeldb.consensus.messages import (
 )
 from keeldb.consensus.progress import Progress, ProgressState
 from keeldb.consensus.quorum import VoteResult, committed_index, has_quorum, vote_result
-from keeldb.consensus.readonly import ReadOnly, ReadRequest
+from keeldb.consensus.readonly import ReadOnly, ReadRequest, lease_valid
 from keeldb.consensus.storage import Storage
 from keeldb.errors import (
     ConfChangeRefusedError,
@@ -67,6 +63,7 @@ class Config:
     pre_vote: bool = True  # ask "would you vote?" before bumping the term (no disruption)
     check_quorum: bool = True  # a leader that has not heard from a quorum steps down
     lease_reads: bool = False  # ReadIndex without a heartbeat round (needs bounded clock drift)
+    lease_margin_ticks: int = 2  # the lease ends this many ticks early (clock drift allowance)
     applied: int = 0  # the state machine's applied index at start
     max_append_bytes: int = limits.raft_append_bytes_max
     max_inflight_msgs: int = limits.raft_inflight_msgs_max
@@ -85,6 +82,9 @@ class Config:
             raise ConfigError(f"election_ticks={self.election_ticks} must exceed "
                               f"heartbeat_ticks={self.heartbeat_ticks} and be >= "
                               f"raft_election_ticks_min={limits.raft_election_ticks_min}")
+        if self.lease_reads and not 0 <= self.lease_margin_ticks < self.election_ticks:
+            raise ConfigError(f"lease_margin_ticks={self.lease_margin_ticks} must be in "
+                              f"[0, election_ticks={self.election_ticks})")
         if self.lease_reads and not self.check_quorum:
             raise ConfigError("lease_reads=True needs check_quorum=True: the lease is the "
                               "guarantee that a leader cut off from its quorum steps down")
@@ -141,6 +141,7 @@ class Raft:
         self.uncommitted_bytes = 0
         self.recv_snap = snapshots.Receiver()
         self._ready_out = False
+        self.ticks = 0  # local logical clock: lease reads measure their lease in it
         self._become_follower(self.term, NONE)
 
     # --- public requests ------------------------------------------------------------------
@@ -168,7 +169,12 @@ class Raft:
     def transfer_leader(self, target: NodeId) -> None:
         self.step(Message(MsgType.TRANSFER_LEADER, frm=self.id, target=target))
 
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The transport could not deliver to `peer`: stop streaming to it and probe again."""
+        self.step(Message(MsgType.UNREACHABLE, frm=peer))
+
     def tick(self) -> None:
+        self.ticks += 1
         if self.role == Role.LEADER:
             self._tick_heartbeat()
         else:
@@ -257,11 +263,14 @@ class Raft:
                 f"{limits.raft_outbox_messages_max}; call ready()/advance() after every step")
         if m.type in (MsgType.VOTE, MsgType.PRE_VOTE, MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP):
             assert m.term > 0, f"{m.type} without a term"
+            term = m.term
         elif m.type in (MsgType.PROP, MsgType.READ_INDEX, MsgType.TRANSFER_LEADER):
-            m = replace(m, term=0)  # forwarded requests carry no term
+            term = 0  # forwarded requests carry no term
         else:
-            m = replace(m, term=self.term)
-        self.msgs.append(replace(m, frm=self.id))
+            term = self.term
+        if m.frm != self.id or m.term != term:
+            m = replace(m, frm=self.id, term=term)
+        self.msgs.append(m)
 
     def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
         pr = self.prs[to]
@@ -274,7 +283,8 @@ class Raft:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        self._send(Message(MsgType.APP, to=to, index=pr.next - 1, log_term=prev_term,
+        self._send(Message(MsgType.APP, to=to, frm=self.id, term=self.term,
+                           index=pr.next - 1, log_term=prev_term,
                            entries=tuple(ents), commit=self.log.committed))
         pr.sent_entries(ents[-1].index if ents else None, sum(e.size() for e in ents))
         return True
@@ -301,7 +311,10 @@ class Raft:
             if i == self.id:
                 continue
             pr = self.prs[i]
-            self._send(Message(MsgType.HEARTBEAT, to=i, context=context,
+            # index: our tick when sent; echoed back, it dates the follower's promise not
+            # to vote for anyone else for an election timeout (the lease).
+            self._send(Message(MsgType.HEARTBEAT, to=i, frm=self.id, term=self.term,
+                               context=context, index=self.ticks,
                                commit=min(pr.match, self.log.committed)))
             if pr.state == ProgressState.SNAPSHOT:
                 self._send_snap_chunk(i, pr)  # retransmit the chunk a lost message carried
@@ -519,7 +532,7 @@ class Raft:
         elif t == MsgType.TIMEOUT_NOW:
             self._hup(transfer=True)
         elif t == MsgType.READ_INDEX_RESP:
-            self.read_states.append(ReadState(m.index, m.context))
+            self._push_read_state(ReadState(m.index, m.context))
 
     def _step_candidate(self, m: Message) -> None:
         t = m.type
@@ -542,7 +555,8 @@ class Raft:
         elif m.type == MsgType.HEARTBEAT:
             # Clamped: a follower that lost its disk holds less than the leader thinks.
             self.log.commit_to(min(m.commit, self.log.last_index()))
-            self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, context=m.context))
+            self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, frm=self.id, term=self.term,
+                               context=m.context, index=m.index))
         else:
             for resp in snapshots.receive_chunk(self, m):
                 self._send(resp)
@@ -553,7 +567,8 @@ class Raft:
             return
         last = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last is not None:
-            self._send(Message(MsgType.APP_RESP, to=m.frm, index=last))
+            self._send(Message(MsgType.APP_RESP, to=m.frm, frm=self.id, term=self.term,
+                               index=last))
             return
         hint, hint_term = self.log.find_conflict_by_term(
             min(m.index, self.log.last_index()), m.log_term)
@@ -580,6 +595,10 @@ class Raft:
             self._leader_read_index(m)
         elif t == MsgType.TRANSFER_LEADER:
             self._leader_transfer(m)
+        elif t == MsgType.UNREACHABLE:
+            pr_u = self.prs.get(m.frm)
+            if pr_u is not None and pr_u.state == ProgressState.REPLICATE:
+                pr_u.become_probe()
         elif m.frm in self.prs and m.frm != self.id:
             pr = self.prs[m.frm]
             pr.recent_active = True
@@ -589,8 +608,6 @@ class Raft:
                 self._handle_heartbeat_resp(m, pr)
             elif t == MsgType.SNAP_RESP:
                 self._handle_snap_resp(m, pr)
-            elif t == MsgType.UNREACHABLE and pr.state == ProgressState.REPLICATE:
-                pr.become_probe()
 
     def _leader_propose(self, m: Message) -> None:
         if self.id not in self.prs:
@@ -612,7 +629,7 @@ class Raft:
                                  f"max_uncommitted_bytes={self.cfg.max_uncommitted_bytes}")
         for e in m.entries:
             if e.type == EntryType.CONF_CHANGE:
-                why = self._conf_change_refusal(ConfChange.decode(e.data))
+                why = conf_change_refusal(self, ConfChange.decode(e.data))
                 if why:
                     if m.frm == self.id:
                         raise ConfChangeRefusedError(f"conf change refused on {self.id}: {why}")
@@ -623,31 +640,9 @@ class Raft:
         self._bcast_append()
         return None
 
-    def _conf_change_refusal(self, cc: ConfChange) -> str:
-        if self.pending_conf_index > self.log.applied:
-            return (f"change at index {self.pending_conf_index} not applied yet "
-                    f"(applied {self.log.applied}); one change at a time")
-        if cc.type == ConfChangeType.ADD_VOTER:
-            if cc.node in self.conf.voters:
-                return f"{cc.node} is already a voter"
-            if cc.node not in self.conf.learners:
-                return f"{cc.node} is not a learner; add it as a learner first"
-            behind = self.log.last_index() - self.prs[cc.node].match
-            if behind > self.cfg.learner_catchup_entries:
-                return (f"learner {cc.node} is {behind} entries behind, limit "
-                        f"learner_catchup_entries={self.cfg.learner_catchup_entries}")
-        elif cc.type == ConfChangeType.ADD_LEARNER:
-            if cc.node in self.conf.voters or cc.node in self.conf.learners:
-                return f"{cc.node} is already a member"
-        elif cc.node not in self.conf.voters and cc.node not in self.conf.learners:
-            return f"{cc.node} is not a member"
-        elif self.conf.voters == (cc.node,):
-            return f"{cc.node} is the last voter"
-        return ""
-
     def _append(self, ents: list[Entry]) -> None:
         last = self.log.last_index()
-        ents = [replace(e, index=last + 1 + i, term=self.term) for i, e in enumerate(ents)]
+        ents = [Entry(last + 1 + i, self.term, e.data, e.type) for i, e in enumerate(ents)]
         self.log.append(ents)
 
     def _maybe_commit(self) -> bool:
@@ -702,7 +697,8 @@ class Raft:
             pr.inflights.free_first()  # a MsgApp may be lost: let one more go out to find out
         if pr.match < self.log.last_index():
             self._send_append(m.frm)
-        if not m.context or self.cfg.lease_reads:
+        pr.lease_tick = max(pr.lease_tick, m.index)
+        if not m.context:
             return
         acks = self.readonly.recv_ack(m.frm, m.context) | {self.id}
         if has_quorum(self.conf.voters, acks):
@@ -729,15 +725,20 @@ class Raft:
             if len(self.pending_reads) >= limits.raft_read_index_pending_max:
                 return self._drop(m, "too many reads waiting for the leader's first commit")
             self.pending_reads.append(m)
-        elif self.cfg.lease_reads:
+        elif self.cfg.lease_reads and lease_valid(self):
             self._answer_read(ReadRequest(self.log.committed, m.frm, m.context))
         elif self.readonly.add_request(self.log.committed, m.frm, m.context):
             self._bcast_heartbeat(m.context)
         return None
 
+    def _push_read_state(self, rs: ReadState) -> None:
+        # Bounded like the request queue; a dropped answer makes its client time out and retry.
+        if len(self.read_states) < limits.raft_read_index_pending_max:
+            self.read_states.append(rs)
+
     def _answer_read(self, req: ReadRequest) -> None:
         if req.frm in (self.id, NONE):
-            self.read_states.append(ReadState(req.index, req.context))
+            self._push_read_state(ReadState(req.index, req.context))
         else:
             self._send(Message(MsgType.READ_INDEX_RESP, to=req.frm, index=req.index,
                                context=req.context))

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from keeldb import limits
 from keeldb.errors import LimitExceededError
 from keeldb.types import NodeId
+
+if TYPE_CHECKING:
+    from keeldb.consensus.raft import Raft
 
 
 @dataclass
@@ -69,3 +73,20 @@ class ReadOnly:
 
     def reset(self) -> None:
         self._pending.clear()
+
+
+def lease_valid(r: Raft) -> bool:
+    """Did a quorum of voters promise, within the lease, not to elect anyone else?
+
+    A follower that got our heartbeat sent at tick t ignores vote requests until an
+    election timeout after it received it, so no other leader exists before t plus
+    election_ticks on its clock. We stop lease_margin_ticks early for clock drift.
+    """
+    if r.lead_transferee:
+        return False  # we are handing leadership over ourselves
+    sent = sorted((r.ticks if i == r.id else r.prs[i].lease_tick
+                   for i in r.conf.voters if i in r.prs), reverse=True)
+    if not sent:
+        return False
+    oldest_in_quorum = sent[len(sent) // 2]
+    return r.ticks - oldest_in_quorum < r.cfg.election_ticks - r.cfg.lease_margin_ticks

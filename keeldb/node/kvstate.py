@@ -53,7 +53,7 @@ from keeldb.codec.resp import (
     SimpleString,
     parse_int64,
 )
-from keeldb.errors import StateRestoreError
+from keeldb.errors import LimitExceededError, StateRestoreError
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Engine
 
 VALUE_FORMAT = 1
@@ -364,12 +364,18 @@ class _Ctx:
         self.now = now_ms
         self.version = version
         self.overlay: dict[bytes, bytes | None] = {}
+        self.cache: dict[bytes, bytes | None] = {}  # engine reads of this batch
         self.tombs: dict[bytes, int | None] = {}  # key -> tombstone version, None = drop it
         self.count_delta = 0
         self.sweep: bytes | None = None
 
     def record(self, key: bytes) -> tuple[bytes, int, int] | None:
-        raw = self.overlay[key] if key in self.overlay else self.sm.engine.get(_DATA + key)
+        if key in self.overlay:
+            raw = self.overlay[key]
+        elif key in self.cache:
+            raw = self.cache[key]
+        else:
+            raw = self.cache[key] = self.sm.engine.get(_DATA + key)
         return None if raw is None else decode_value(raw)
 
     def live(self, key: bytes) -> tuple[bytes, int, int] | None:
@@ -480,15 +486,24 @@ class KvStateMachine:
         ctx = _Ctx(self, now_ms, self.version)
         return [self._execute(ctx, r) for r in requests]
 
+    def read_batch(self, batch: Batch, *, now_ms: int) -> Applied:
+        """Execute a read-only batch (a linearizable read, e.g. after ReadIndex), WATCH
+        tokens included; nothing changes, so sessions are not consulted."""
+        assert batch.read_only, "read_batch() takes read-only batches; apply() the others"
+        ctx = _Ctx(self, now_ms, self.version)
+        if any(ctx.token(w.key) != (w.version, w.live) for w in batch.watches):
+            return Applied((), aborted=True)
+        return Applied(tuple(self._execute(ctx, r) for r in batch.requests))
+
     def apply(self, batch: Batch, *, index: int, now_ms: int) -> Applied:
         """Apply a committed batch (log index `index`, leader's time `now_ms`) atomically."""
         assert index > self.applied_index, (
             f"log index {index} applied after {self.applied_index}: apply in log order, once")
         assert len(batch.requests) <= limits.kv_batch_requests_max, "batch over its limit"
         ctx = _Ctx(self, now_ms, self.version + 1)
-        result = self._session_replay(batch)
+        result = self._session_replay(batch) if batch.session is not None else None
         if result is None:
-            if any(ctx.token(w.key) != (w.version, w.live) for w in batch.watches):
+            if batch.watches and any(ctx.token(w.key) != (w.version, w.live) for w in batch.watches):
                 result = Applied((), aborted=True)
             else:
                 result = Applied(tuple(self._execute(ctx, r) for r in batch.requests))
@@ -580,7 +595,10 @@ class KvStateMachine:
             for k, v in self._prefix(tag):
                 pairs.append((tag + k, v))
                 total += len(k) + len(v) + 1
-                assert total <= limits.raft_snapshot_bytes_max, "state over raft_snapshot_bytes_max"
+                if total > limits.raft_snapshot_bytes_max:
+                    raise LimitExceededError(
+                        f"KV state of over {total} bytes is over raft_snapshot_bytes_max="
+                        f"{limits.raft_snapshot_bytes_max}; shard the key space")
         body = msgpack.packb([1, pairs], use_bin_type=True)
         return SNAPSHOT_MAGIC + _U64.pack(crc32c.crc32c(body)) + body
 

@@ -15,8 +15,9 @@ A server drives a `Connection` like this (no I/O here):
                              propose); then outputs = conn.complete(t, applied_or_error)
         Close(reason)     -> close the socket (after writing every Send before it)
 
-Replies leave in request order even when executes finish out of order; requests beyond
-`limits.resp_pending_executes_max` unanswered executes stay buffered (back-pressure).
+Replies leave in request order even when executes finish out of order; once
+`limits.resp_pending_executes_max` requests are read but unanswered, the rest stay buffered
+(back-pressure; `wants_input` tells the server to stop reading the socket).
 """
 
 from __future__ import annotations
@@ -314,6 +315,7 @@ class Close:
 
 
 Output = Send | Execute | Close
+DEFERRED: Any = object()  # a handler's "the reply comes later" (EXEC, WATCH) or was queued
 InfoProvider = Callable[[], Mapping[str, Mapping[str, object]]]
 
 
@@ -363,6 +365,14 @@ class Connection:
         return len(self._tickets)
 
     @property
+    def wants_input(self) -> bool:
+        """False while the server should stop reading this socket: closed, waiting on a
+        WATCH, at `resp_pending_executes_max`, or a full request already buffered."""
+        return not (self.closed or self._blocked
+                    or len(self._slots) >= limits.resp_pending_executes_max
+                    or self.parser.buffered_bytes >= self.parser.request_bytes_max)
+
+    @property
     def in_multi(self) -> bool:
         return self._multi is not None
 
@@ -398,8 +408,7 @@ class Connection:
             slot.data = encode_reply(self._exec_reply(slot, result), slot.proto)
         else:
             slot.data = encode_reply(result.replies[0], slot.proto)
-        out: list[Output] = []
-        return self._process(out)
+        return self._process(self._flush([]))
 
     def _exec_reply(self, slot: _Slot, result: kv.Applied) -> Reply:
         if result.aborted:
@@ -410,7 +419,7 @@ class Connection:
 
     def _process(self, out: list[Output]) -> list[Output]:
         while (not self.closed and not self._blocked
-               and len(self._tickets) < limits.resp_pending_executes_max):
+               and len(self._slots) < limits.resp_pending_executes_max):
             try:
                 args = self.parser.next_request()
             except RespProtocolError as exc:
@@ -419,6 +428,7 @@ class Connection:
             if args is None:
                 break
             self._request(args, out)
+            self._flush(out)  # so only replies behind an open execute occupy slots
         return self._flush(out)
 
     def _flush(self, out: list[Output]) -> list[Output]:
@@ -444,6 +454,7 @@ class Connection:
         ticket = self._next_ticket
         self._next_ticket += 1
         self._tickets[ticket] = slot
+        self._flush(out)  # replies ready so far go before this execute's reply can
         self._slots.append(slot)
         out.append(Execute(ticket, batch))
 
@@ -477,7 +488,7 @@ class Connection:
             reply = handler(args, out)
         except CommandError as exc:
             reply = ErrorReply(exc.message)
-        if reply is not None:
+        if reply is not DEFERRED:
             self._reply(reply)
 
     def _queue(self, spec: CommandSpec, args: list[bytes]) -> None:
@@ -539,7 +550,7 @@ class Connection:
                 index += 1
         self._execute(kv.Batch(tuple(requests), watches), out,
                       _Slot(proto=self.proto, kind="exec", layout=layout))
-        return None
+        return DEFERRED
 
     def _c_watch(self, args: list[bytes], out: list[Output]) -> Reply:
         if self._multi is not None:
@@ -553,7 +564,7 @@ class Connection:
         self._blocked = True
         self._execute(kv.Batch((kv.Watch(keys),)), out,
                       _Slot(proto=self.proto, kind="watch", keys=keys))
-        return None
+        return DEFERRED
 
     def _c_unwatch(self, args: list[bytes], out: list[Output]) -> Reply:
         self._unwatch()
@@ -582,7 +593,7 @@ class Connection:
         self._reply(OK)
         self._slots[-1].close = Close("QUIT")
         self.closed = True
-        return None
+        return DEFERRED
 
     def _c_reset(self, args: list[bytes], out: list[Output]) -> Reply:
         self._multi = None

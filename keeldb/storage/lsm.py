@@ -374,7 +374,27 @@ class LsmEngine:
                 if entry is not None:
                     break
             else:
-                found = self._get_tables(version, key, SEQ_MAX)
+                # The table search of _get_tables, inlined: this is the hottest read path.
+                with self._rmu:
+                    try:
+                        tc_get = self.table_cache.get
+                        found = None
+                        for smallest, largest, tid, name in version.l0:
+                            if smallest <= key <= largest:
+                                found = tc_get(tid, name).get(key, SEQ_MAX)
+                                if found is not None:
+                                    return found[2] if found[1] else None
+                        for largests, smallests, ids, names in version.sorted_levels:
+                            i = bisect_left(largests, key)
+                            if i < len(ids) and smallests[i] <= key:
+                                found = tc_get(ids[i], names[i]).get(key, SEQ_MAX)
+                                if found is not None:
+                                    return found[2] if found[1] else None
+                        return None
+                    except KeeldbError:
+                        if self._version is version or self._closed:
+                            raise
+                found = self._get_tables(self._version, key, SEQ_MAX)  # a table was deleted
                 return found[2] if found is not None and found[1] else None
         return entry[3] if entry[2] else None
 
@@ -428,11 +448,14 @@ class LsmEngine:
             pin[1] += 1
         # chain.from_iterable hands out the pairs of each chunk in C; the generator below
         # runs once per chunk (and its `finally` unpins when the scan ends or is dropped).
-        return chain.from_iterable(self._scan_chunks(version, seq, start, end, reverse, n))
+        chunks = self._scan_chunks(version, seq, start, end, reverse, n)
+        next(chunks)  # enter the try block, so dropping an unstarted scan still unpins
+        return chain.from_iterable(chunks)
 
     def _scan_chunks(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
                      reverse: bool, limit: int) -> Iterator[list[tuple[bytes, bytes]]]:
         try:
+            yield []
             if start is not None and end is not None and start >= end:
                 return
             sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq)
@@ -452,7 +475,7 @@ class LsmEngine:
             if len(sources) == 1 and memtables_only == 1 and not version.levels[0]:
                 puller = CleanSource(sources[0])  # one memtable: one visible entry per key
             else:
-                puller = VisibleMerger(merge_sources(sources, reverse), seq)
+                puller = VisibleMerger(sources, seq, reverse)
             chunk_max = min(limit, limits.scan_chunk_entries)
             remaining = limit
             while remaining > 0 and not puller.exhausted:
@@ -470,20 +493,25 @@ class LsmEngine:
 
     def _level_iter(self, tables: tuple[TableMeta, ...], start: bytes | None, end: bytes | None,
                     reverse: bool) -> Iterator[Any]:
-        """Entries of one sorted level, opening tables only as the scan reaches them."""
+        """Entries of one sorted level; tables are opened only as the scan reaches them, and
+        `chain` pulls each table's entries without a Python frame per entry."""
+        return chain.from_iterable(self._level_tables(tables, start, end, reverse))
+
+    def _level_tables(self, tables: tuple[TableMeta, ...], start: bytes | None,
+                      end: bytes | None, reverse: bool) -> Iterator[Iterator[Any]]:
         largest = [t.largest for t in tables]
         if not reverse:
             i = 0 if start is None else bisect.bisect_left(largest, start)
             for t in tables[i:]:
                 if end is not None and t.smallest >= end:
                     return
-                yield from self.table_cache.get(t.id, t.name).iter(start, end)
+                yield self.table_cache.get(t.id, t.name).iter(start, end)
         else:
             i = len(tables) if end is None else bisect.bisect_left(largest, end) + 1
             for t in reversed(tables[:i]):
                 if start is not None and t.largest < start:
                     return
-                yield from self.table_cache.get(t.id, t.name).iter(start, end, True)
+                yield self.table_cache.get(t.id, t.name).iter(start, end, True)
 
     # --- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> LsmSnapshot:

@@ -14,11 +14,14 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 from itertools import islice
-from operator import eq, itemgetter
+from operator import itemgetter
 
 from keeldb.storage.engine import KIND_DELETE
 
 Entry = tuple[bytes, int, int, bytes]
+
+_seq_of = itemgetter(1)  # an entry's seq, in C
+_key_of = itemgetter(0)  # an entry's key, in C
 
 
 def merge_sources(sources: list[Iterator[Entry]], reverse: bool = False) -> Iterator[Entry]:
@@ -51,81 +54,89 @@ def visible_pairs(merged: Iterable[Entry], seq: int, limit: int) -> Iterator[tup
 
 
 class VisibleMerger:
-    """`visible_pairs` as a puller that works a chunk at a time.
+    """Scan resolver over several sorted sources, a chunk at a time, in C where it can.
 
-    `take(n)` pulls entries with `islice` (C), and when a chunk has no two versions of one
-    key and nothing newer than the snapshot -- the common case -- it turns the chunk into
-    pairs with one comprehension; otherwise it resolves the chunk key by key. The trailing
-    run of one key is held back until the next chunk, since more versions may follow.
+    `take(n)` returns up to n visible (key, value) pairs. Each round reads about n entries from
+    every source (`islice`), takes the entries strictly before the nearest "last key read" of
+    the sources not yet exhausted (no source can still produce anything before it), sorts them
+    (timsort merges the runs), drops versions newer than the snapshot, and lets a dict keep the
+    newest remaining version of each key; tombstones are skipped. All of it runs in C but two
+    comprehensions. Entries at the cut key stay buffered, so all versions of a key are
+    resolved together.
     """
 
-    __slots__ = ("_it", "_seq", "_carry", "_pending", "_source_done", "exhausted")
+    __slots__ = ("_sources", "_bufs", "_done", "_seq", "_reverse", "_pending", "exhausted")
 
-    def __init__(self, merged: Iterator[Entry], seq: int) -> None:
-        self._it = merged
+    def __init__(self, sources: list[Iterator[Entry]], seq: int, reverse: bool = False) -> None:
+        self._sources = sources
+        self._bufs: list[list[Entry]] = [[] for _ in sources]
+        self._done = [False] * len(sources)
         self._seq = seq
-        self._carry: list[Entry] = []
+        self._reverse = reverse
         self._pending: list[tuple[bytes, bytes]] = []
-        self._source_done = False
-        self.exhausted = False
+        self.exhausted = not sources
 
     def take(self, n: int) -> list[tuple[bytes, bytes]]:
         out = self._pending
         self._pending = []
         seq = self._seq
-        while len(out) < n and not self._source_done:
-            want = n - len(out) + 1
-            chunk = list(islice(self._it, want))
-            if len(chunk) < want:
-                self._source_done = True
-            if self._carry:
-                chunk = self._carry + chunk
-                self._carry = []
-            if not chunk:
-                break
-            if not self._source_done:
-                last = chunk[-1][0]
-                cut = len(chunk) - 1
-                while cut > 0 and chunk[cut - 1][0] == last:
-                    cut -= 1
-                self._carry = chunk[cut:]
-                chunk = chunk[:cut]
-                if not chunk:
-                    continue
-            keys = [e[0] for e in chunk]
-            if not any(map(eq, keys, islice(keys, 1, None))) and \
-                    max(map(_seq_of, chunk)) <= seq:
-                out += [(e[0], e[3]) for e in chunk if e[2]]
-            else:
-                out += _resolve(chunk, seq)
+        want = n + 1
+        while len(out) < n and not self.exhausted:
+            taken, final = self._round(max(want, n - len(out) + 1))
+            if taken:
+                if max(map(_seq_of, taken)) > seq:  # newer than the snapshot: invisible
+                    taken = [e for e in taken if e[1] <= seq]
+                # (key, seq) ascending, then a dict keeps the last -- newest -- version per key
+                taken.sort()
+                newest = dict(zip(map(_key_of, taken), taken, strict=True)).values()
+                pairs = [(e[0], e[3]) for e in newest if e[2]]
+                if self._reverse:
+                    pairs.reverse()
+                out += pairs
+                want = n + 1
+            elif not final:
+                want *= 2  # every buffered entry sits at the cut key: read further
+            if final:
+                self.exhausted = True
         if len(out) > n:
             self._pending = out[n:]
             del out[n:]
-        if self._source_done and not self._carry and not self._pending:
-            self.exhausted = True
+            self.exhausted = False
         return out
 
+    def _round(self, want: int) -> tuple[list[Entry], bool]:
+        bufs, done, sources = self._bufs, self._done, self._sources
+        for i, buf in enumerate(bufs):
+            if not done[i] and len(buf) < want:
+                need = want - len(buf)
+                more = list(islice(sources[i], need))
+                if len(more) < need:
+                    done[i] = True
+                buf += more
+        lasts = [buf[-1][0] for i, buf in enumerate(bufs) if not done[i] and buf]
+        taken: list[Entry] = []
+        if not lasts:  # every source is exhausted: everything buffered can go
+            for buf in bufs:
+                taken += buf
+                buf.clear()
+            return taken, True
+        if self._reverse:
+            cut = max(lasts)
+            for buf in bufs:  # descending: take the keys > cut from the front
+                j = len(buf) - bisect.bisect_right(buf[::-1], cut, key=_key_of)
+                if j:
+                    taken += buf[:j]
+                    del buf[:j]
+        else:
+            cut = min(lasts)
+            for buf in bufs:
+                j = bisect.bisect_left(buf, cut, key=_key_of)
+                if j:
+                    taken += buf[:j]
+                    del buf[:j]
+        return taken, False
 
-_seq_of = itemgetter(1)  # an entry's seq, in C
-_key_of = itemgetter(0)  # an entry's key, in C
 
-
-def _resolve(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
-    """Pairs of a chunk whose keys may repeat: newest version <= seq per key, if a put."""
-    out: list[tuple[bytes, bytes]] = []
-    cur: bytes | None = None
-    best: Entry | None = None
-    for entry in chunk:
-        if entry[0] != cur:
-            if best is not None and best[2]:
-                out.append((best[0], best[3]))
-            cur = entry[0]
-            best = entry if entry[1] <= seq else None
-        elif entry[1] <= seq and (best is None or entry[1] > best[1]):
-            best = entry
-    if best is not None and best[2]:
-        out.append((best[0], best[3]))
-    return out
 
 
 class CleanSource:

@@ -1,22 +1,15 @@
 """Sorted string tables: immutable files of (key, seq, kind, value) entries.
 
-The on-disk format is described in docs/design/sstable-format.md. In short:
+Layout (docs/design/sstable-format.md has the details and the reasons):
 
     data block 0 | ... | data block n-1 | index block | bloom block | props block | footer
 
-Every block is `body | u8 compression | u32 crc32c(body + compression byte)`; the footer is
-fixed-size, carries the block handles of the three meta blocks, the format version, its own
-crc32c and a magic number at the very end. Data blocks are *columnar* so that encoding and
-decoding are a handful of C-level calls per block, not Python work per entry:
-
-    u32 n | i32 key_width | i32 value_width
-    | u32 key_lengths[n]   (absent when key_width >= 0: every key has that length)
-    | u32 value_lengths[n] (absent when value_width >= 0)
-    | u64 seqs[n] | u8 kinds[n] | keys blob | values blob
-
-A reader keeps the index (last key of every block, offsets, sizes) in memory and caches
-decoded blocks as four parallel lists in the shared `BlockCache`, so a point read is one
-bisect in the index, one cache lookup and one bisect in the block.
+Every block is `body | u8 compression | u32 crc32c(body + compression byte)`; the footer holds
+the meta blocks' handles, the format version, its own crc32c and a magic number. Data blocks
+are columnar (lengths, seqs, kinds, keys blob, values blob), so encoding and decoding are a few
+C-level calls per block rather than Python work per entry. A reader keeps the index in memory
+and caches decoded blocks in the shared `BlockCache`: a point read is one bisect in the
+index, one cache lookup and one bisect in the block.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, chain, islice, repeat
 from operator import add, lt, ne, neg
 
@@ -54,6 +47,8 @@ COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
 COMPRESSIONS = {"none": COMPRESSION_NONE, "zstd": COMPRESSION_ZSTD}
 ZSTD_LEVEL = 1  # fastest; blocks are small, the ratio gain of higher levels is small
+_DCTX_POOL_MAX = 8  # idle zstd decompression contexts kept for reuse
+_dctx_pool: list[zstandard.ZstdDecompressor] = []
 # Keep a compressed block only if it saves at least 1/8 (as RocksDB does).
 COMPRESS_MIN_SAVING_DIVISOR = 8
 
@@ -73,6 +68,7 @@ ADD_MANY_CHUNK_ENTRIES = 8192
 SEQ_MAX = (1 << 64) - 1
 # Fixed-width struct parsers cached by (width, count); bounded, cleared when full.
 _STRUCT_CACHE_MAX = 64  # a parser of n fields takes ~24n bytes
+_STRUCT_FIELDS_MAX = 2048  # bigger blocks of fixed-width items are cut by slicing
 _struct_cache: dict[tuple[int, int], struct.Struct] = {}
 
 _LITTLE = sys.byteorder == "little"
@@ -112,15 +108,8 @@ class ReadStats:
 # --- column helpers ---------------------------------------------------------------------
 
 
-def _u32(values: Iterable[int]) -> bytes:
-    arr = array("I", values)
-    if not _LITTLE:
-        arr.byteswap()
-    return arr.tobytes()
-
-
-def _u64(values: Iterable[int]) -> bytes:
-    arr = array("Q", values)
+def _pack(code: str, values: Iterable[int]) -> bytes:
+    arr = array(code, values)
     if not _LITTLE:
         arr.byteswap()
     return arr.tobytes()
@@ -148,6 +137,8 @@ def _split(blob: bytes, width: int, lengths: list[int] | None, count: int) -> li
     if lengths is None:
         if width == 0:
             return [b""] * count
+        if count > _STRUCT_FIELDS_MAX:
+            return [blob[at : at + width] for at in range(0, count * width, width)]
         return list(_fixed_parser(width, count).unpack(blob))
     ends = list(accumulate(lengths))
     return [blob[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
@@ -155,10 +146,7 @@ def _split(blob: bytes, width: int, lengths: list[int] | None, count: int) -> li
 
 def _width(lengths: list[int]) -> int:
     """The common length of all items, or -1 if they differ (or there are none)."""
-    if not lengths:
-        return -1
-    first = lengths[0]
-    return first if lengths.count(first) == len(lengths) else -1
+    return lengths[0] if lengths and lengths.count(lengths[0]) == len(lengths) else -1
 
 
 # Decoded-size model (bytes of heap per decoded block): two lists of objects (keys and
@@ -196,27 +184,20 @@ class TableWriter:
             raise ConfigError(
                 f"unknown compression {compression!r}; use one of {sorted(COMPRESSIONS)}"
             )
-        if not 64 <= block_bytes <= limits.block_bytes_max:
-            raise ConfigError(
-                f"block_bytes={block_bytes} is outside 64..{limits.block_bytes_max}; "
-                f"the default is {limits.block_bytes_target}"
-            )
-        if not 1 <= bloom_bits_per_key <= 64:
-            raise ConfigError(
-                f"bloom_bits_per_key={bloom_bits_per_key} is outside 1..64; "
-                f"the default is {limits.bloom_bits_per_key}"
-            )
+        for name, value, low, high, default in (
+            ("block_bytes", block_bytes, 64, limits.block_bytes_max, limits.block_bytes_target),
+            ("bloom_bits_per_key", bloom_bits_per_key, 1, 64, limits.bloom_bits_per_key),
+        ):
+            if not low <= value <= high:
+                raise ConfigError(f"{name}={value} is outside {low}..{high}; default {default}")
         assert file.size() == 0, f"table file {file.name} must be empty, has {file.size()} bytes"
         assert expected_entries >= 0
         self._file = file
         self._block_bytes = block_bytes
         self._bloom_bits = bloom_bits_per_key
         self._compression = COMPRESSIONS[compression]
-        self._compressor = (
-            zstandard.ZstdCompressor(level=ZSTD_LEVEL)
-            if self._compression == COMPRESSION_ZSTD
-            else None
-        )
+        zstd = self._compression == COMPRESSION_ZSTD
+        self._compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL) if zstd else None
         self._buf: list[Entry] = []  # entries from add() not yet processed
         # pending (not yet written) block as columns: keys, seqs, kinds, values, key and
         # value lengths
@@ -281,12 +262,9 @@ class TableWriter:
         self._prev = (keys[-1], -seqs[-1])
 
     def _add_columns(
-        self,
-        keys: Sequence[bytes],
-        seqs: Sequence[int],
-        kinds: Sequence[int],
+        self, keys: Sequence[bytes], seqs: Sequence[int], kinds: Sequence[int],
         values: Sequence[bytes],
-    ) -> None:
+    ) -> None:  # fmt: skip
         assert not self._finished, "table already finished"
         self._check_order(keys, seqs)
         count = len(keys)
@@ -307,12 +285,8 @@ class TableWriter:
         self._raw_values += sum(value_lens)
         self._hashes += map(xxh3_64_intdigest, keys)
         # cum[i] = bytes of the pending block after taking the first i new entries
-        cum = list(
-            accumulate(
-                map(add, map(add, key_lens, value_lens), repeat(ENTRY_OVERHEAD_BYTES)),
-                initial=self._pending_bytes,
-            )
-        )
+        sizes = map(add, map(add, key_lens, value_lens), repeat(ENTRY_OVERHEAD_BYTES))
+        cum = list(accumulate(sizes, initial=self._pending_bytes))
         cols = (keys, seqs, kinds, values, key_lens, value_lens)
         pending = self._pending
         start = 0
@@ -348,23 +322,18 @@ class TableWriter:
         return offset, size
 
     def _encode_block(
-        self,
-        keys: Sequence[bytes],
-        seqs: Sequence[int],
-        kinds: Sequence[int],
-        values: Sequence[bytes],
-        key_lens: list[int],
-        value_lens: list[int],
-    ) -> None:
+        self, keys: Sequence[bytes], seqs: Sequence[int], kinds: Sequence[int],
+        values: Sequence[bytes], key_lens: list[int], value_lens: list[int],
+    ) -> None:  # fmt: skip
         count = len(keys)
         assert count > 0
         kw, vw = _width(key_lens), _width(value_lens)
         parts = [_BLOCK_HEADER.pack(count, kw, vw)]
         if kw < 0:
-            parts.append(_u32(key_lens))
+            parts.append(_pack("I", key_lens))
         if vw < 0:
-            parts.append(_u32(value_lens))
-        parts += [_u64(seqs), bytes(kinds), b"".join(keys), b"".join(values)]
+            parts.append(_pack("I", value_lens))
+        parts += [_pack("Q", seqs), bytes(kinds), b"".join(keys), b"".join(values)]
         body = b"".join(parts)
         assert len(body) <= limits.block_bytes_max, f"block of {len(body)} bytes"
         offset, size = self._write_block(body, compress=True)
@@ -392,59 +361,55 @@ class TableWriter:
         self._flush_pending()
         self._finished = True
         n = len(self._last_keys)
-        index_body = b"".join(
-            [
-                _INDEX_HEADER.pack(n),
-                _u32(map(len, self._last_keys)),
-                _u64(self._offsets),
-                _u32(self._sizes),
-                b"".join(self._last_keys),
-            ]
+        lengths = map(len, self._last_keys)
+        index_body = _INDEX_HEADER.pack(n) + b"".join(
+            [_pack("I", lengths), _pack("Q", self._offsets), _pack("I", self._sizes)]
+            + self._last_keys
         )
         index = self._write_block(index_body, compress=False)
         bloom_body = BloomFilter.build_from_hashes(
             self._hashes, self._bloom_bits, distinct=self._distinct
         ).to_bytes()
         bloom = self._write_block(bloom_body, compress=False)
-        smallest = self._smallest or b""
         largest = self._prev[0] if self._prev is not None else b""
-        seq_min = self._seq_min if self._entries else 0
-        props_body = (
-            _PROPS.pack(
-                self._entries,
-                self._tombstones,
-                seq_min,
-                self._seq_max,
-                self._raw_keys,
-                self._raw_values,
-                n,
-                len(smallest),
-                len(largest),
-            )
-            + smallest
-            + largest
-        )
-        props = self._write_block(props_body, compress=False)
-        footer = _FOOTER.pack(*index, *bloom, *props, FORMAT_VERSION, 0, MAGIC)
+        props = TableProps(
+            smallest=self._smallest or b"", largest=largest, entries=self._entries,
+            tombstones=self._tombstones, seq_min=self._seq_min if self._entries else 0,
+            seq_max=self._seq_max, file_bytes=0, raw_key_bytes=self._raw_keys,
+            raw_value_bytes=self._raw_values, data_blocks=n,
+        )  # fmt: skip
+        meta = (index, bloom, self._write_block(_encode_props(props), compress=False))
+        footer = _FOOTER.pack(*chain(*meta), FORMAT_VERSION, 0, MAGIC)
         crc = crc32c(footer[:_FOOTER_CRC_AT])
-        footer = _FOOTER.pack(*index, *bloom, *props, FORMAT_VERSION, crc, MAGIC)
-        self._file.append(footer)
+        self._file.append(_FOOTER.pack(*chain(*meta), FORMAT_VERSION, crc, MAGIC))
         self._offset += FOOTER_BYTES
         self._file.sync()
         assert self._file.size() == self._offset, (self._file.size(), self._offset)
         self._hashes = []
-        return TableProps(
-            smallest=smallest,
-            largest=largest,
-            entries=self._entries,
-            tombstones=self._tombstones,
-            seq_min=seq_min,
-            seq_max=self._seq_max,
-            file_bytes=self._offset,
-            raw_key_bytes=self._raw_keys,
-            raw_value_bytes=self._raw_values,
-            data_blocks=n,
-        )
+        return replace(props, file_bytes=self._offset)
+
+
+def _encode_props(p: TableProps) -> bytes:
+    head = _PROPS.pack(
+        p.entries, p.tombstones, p.seq_min, p.seq_max, p.raw_key_bytes, p.raw_value_bytes,
+        p.data_blocks, len(p.smallest), len(p.largest),
+    )  # fmt: skip
+    return head + p.smallest + p.largest
+
+
+def _decode_props(body: bytes, file_bytes: int) -> TableProps:
+    """ValueError or struct.error if `body` is not a props block."""
+    entries, tombstones, seq_min, seq_max, raw_keys, raw_values, nblocks, ls, ll = (
+        _PROPS.unpack_from(body, 0)
+    )
+    if len(body) != _PROPS.size + ls + ll:
+        raise ValueError("lengths do not match")
+    return TableProps(
+        smallest=body[_PROPS.size : _PROPS.size + ls], largest=body[_PROPS.size + ls :],
+        entries=entries, tombstones=tombstones, seq_min=seq_min, seq_max=seq_max,
+        file_bytes=file_bytes, raw_key_bytes=raw_keys, raw_value_bytes=raw_values,
+        data_blocks=nblocks,
+    )  # fmt: skip
 
 
 # --- reader -----------------------------------------------------------------------------
@@ -452,9 +417,8 @@ class TableWriter:
 
 def _corrupt(name: str, offset: int, what: str) -> CorruptionError:
     return CorruptionError(
-        f"table file {name!r} is corrupt at offset {offset}: {what}; "
-        "delete the store's damaged table only after restoring its data from a replica or "
-        "backup (run `keeldb check` on the store to list every damaged file)",
+        f"table file {name!r} is corrupt at offset {offset}: {what}; the data of this "
+        "table is lost on this node: restore it from a replica or a backup",
         path=name,
         offset=offset,
     )
@@ -464,12 +428,6 @@ class TableReader:
     """Reads one table; open with `TableReader.open`. Not for use after `close()` except by
     iterators already running (they keep the file open until they finish)."""
 
-    __slots__ = (
-        "props", "table_id", "_file", "_name", "_cache", "_stats", "_last_keys", "_offsets",
-        "_sizes", "_cache_keys", "_bloom", "_nblocks", "_pins", "_closed", "_file_closed",
-        "_reopen", "_meta", "_smallest", "_largest", "_bloom_blocks", "_bloom_n", "_mask_a",
-        "_mask_b",
-    )  # fmt: skip
     props: TableProps
     table_id: int
     _file: File
@@ -499,14 +457,9 @@ class TableReader:
 
     @classmethod
     def open(
-        cls,
-        file: File,
-        table_id: int,
-        block_cache: BlockCache,
-        stats: ReadStats,
-        *,
+        cls, file: File, table_id: int, block_cache: BlockCache, stats: ReadStats, *,
         reopen: Callable[[], File] | None = None,
-    ) -> TableReader:
+    ) -> TableReader:  # fmt: skip
         """Read and verify footer, index, bloom and props; CorruptionError if anything is off.
 
         `reopen` (optional) opens the same file again: a reader closed by a cache eviction
@@ -545,12 +498,8 @@ class TableReader:
     def _read_footer(self, file_bytes: int) -> tuple[tuple[int, int], ...]:
         name = self._name
         if file_bytes < FOOTER_BYTES:
-            raise _corrupt(
-                name,
-                0,
-                f"file of {file_bytes} bytes is shorter than a table footer "
-                f"({FOOTER_BYTES} bytes): truncated or not a keeldb table",
-            )
+            what = f"{file_bytes} bytes is less than a footer: truncated or not a keeldb table"
+            raise _corrupt(name, 0, what)
         at = file_bytes - FOOTER_BYTES
         raw = self._read_at(at, FOOTER_BYTES)
         if len(raw) != FOOTER_BYTES:
@@ -561,12 +510,8 @@ class TableReader:
         if crc32c(raw[:_FOOTER_CRC_AT]) != fields[7]:
             raise _corrupt(name, at, "footer checksum mismatch")
         if fields[6] != FORMAT_VERSION:
-            raise _corrupt(
-                name,
-                at,
-                f"format version {fields[6]} is not {FORMAT_VERSION}: "
-                "written by another keeldb version; upgrade keeldb",
-            )
+            what = f"format version {fields[6]} is not {FORMAT_VERSION}: upgrade keeldb"
+            raise _corrupt(name, at, what)
         handles = ((fields[0], fields[1]), (fields[2], fields[3]), (fields[4], fields[5]))
         for offset, size in handles:
             if size < TRAILER_BYTES or offset + size > at:
@@ -596,12 +541,19 @@ class TableReader:
         if kind == COMPRESSION_NONE:
             return body
         if kind == COMPRESSION_ZSTD:
+            # A decompression context is costly to make (~as much as decompressing a block);
+            # reuse them. list.pop/append are atomic, so threads never share one at a time.
             try:
-                return zstandard.ZstdDecompressor().decompress(
-                    body, max_output_size=limits.block_bytes_max
-                )
+                dctx = _dctx_pool.pop()
+            except IndexError:
+                dctx = zstandard.ZstdDecompressor()
+            try:
+                return dctx.decompress(body, max_output_size=limits.block_bytes_max)
             except zstandard.ZstdError as exc:
                 raise _corrupt(self._name, offset, f"{what}: zstd: {exc}") from exc
+            finally:
+                if len(_dctx_pool) < _DCTX_POOL_MAX:
+                    _dctx_pool.append(dctx)
         raise _corrupt(self._name, offset, f"{what}: unknown compression type {kind}")
 
     def _load_index(self, offset: int, size: int) -> None:
@@ -634,29 +586,14 @@ class TableReader:
     def _load_props(self, offset: int, size: int, file_bytes: int) -> TableProps:
         body = self._read_checked(offset, size, "props block")
         try:
-            (entries, tombstones, seq_min, seq_max, raw_keys, raw_values, nblocks, ls, ll) = (
-                _PROPS.unpack_from(body, 0)
-            )
-            if len(body) != _PROPS.size + ls + ll or nblocks != self._nblocks:
-                raise ValueError("lengths do not match")
+            props = _decode_props(body, file_bytes)
         except (ValueError, struct.error) as exc:
             raise _corrupt(self._name, offset, f"props block: {exc}") from exc
-        smallest = body[_PROPS.size : _PROPS.size + ls]
-        largest = body[_PROPS.size + ls :]
-        if nblocks and largest != self._last_keys[-1]:
-            raise _corrupt(self._name, offset, "props block: largest key disagrees with index")
-        return TableProps(
-            smallest=smallest,
-            largest=largest,
-            entries=entries,
-            tombstones=tombstones,
-            seq_min=seq_min,
-            seq_max=seq_max,
-            file_bytes=file_bytes,
-            raw_key_bytes=raw_keys,
-            raw_value_bytes=raw_values,
-            data_blocks=nblocks,
-        )
+        if props.data_blocks != self._nblocks or (
+            self._nblocks and props.largest != self._last_keys[-1]
+        ):
+            raise _corrupt(self._name, offset, "props block disagrees with the index")
+        return props
 
     # -- blocks
 

@@ -26,7 +26,7 @@ from keeldb.codec.resp import (
 )
 from keeldb.errors import RespProtocolError
 
-line_text = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)),
+line_text = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]),
                     max_size=20)
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.binary(max_size=40),
@@ -165,18 +165,19 @@ def test_protocol_errors_have_redis_text(data: bytes, message: str) -> None:
 
 
 def test_limits_are_enforced() -> None:
+    small = {"inline_bytes_max": 100, "request_bytes_max": 1000, "bulk_bytes_max": 100}
     with pytest.raises(RespProtocolError, match="too big inline request"):
-        parse_all(b"x" * 200, inline_bytes_max=100, request_bytes_max=1000, bulk_bytes_max=100)
+        parse_all(b"x" * 200, **small)
     with pytest.raises(RespProtocolError, match="too big mbulk count string"):
-        parse_all(b"*" + b"1" * 200, inline_bytes_max=100, request_bytes_max=1000,
-                  bulk_bytes_max=100)
+        parse_all(b"*" + b"1" * 200, **small)
     with pytest.raises(RespProtocolError, match="invalid bulk length 101"):
-        parse_all(encode_request([b"a" * 101]), bulk_bytes_max=100, request_bytes_max=1000)
+        parse_all(encode_request([b"a" * 101]), **small)
     with pytest.raises(RespProtocolError, match="resp_request_bytes_max=1000"):
-        parse_all(encode_request([b"a" * 90] * 20), bulk_bytes_max=100, request_bytes_max=1000)
+        parse_all(encode_request([b"a" * 90] * 20), **small)
     with pytest.raises(RespProtocolError, match="resp_args_max=3"):
         parse_all(encode_request([b"a"] * 4), args_max=3)
     assert parse_all(encode_request([b"a"] * 3), args_max=3) == [[b"a"] * 3]
+    assert parse_all(encode_request([b"a" * 100] * 9), **small) == [[b"a" * 100] * 9]
 
 
 def test_a_failed_parser_stays_failed() -> None:

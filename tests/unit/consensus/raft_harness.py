@@ -74,7 +74,7 @@ def decode_sm(data: bytes) -> dict[int, tuple[int, bytes]]:
 
 
 class Network:
-    def __init__(self, ids: Iterable[str | int], seed: int = 0, **cfg: object) -> None:
+    def __init__(self, ids: Iterable[str | int], *, seed: int = 0, **cfg: object) -> None:
         self.seed = seed
         self.rng = random.Random(f"{seed}:network")
         self.cfg = cfg
@@ -278,7 +278,7 @@ class Network:
                 raise SafetyViolation(f"election safety: {other} and {i} lead term {r.term}")
             if (r.term, i) not in self.seen_leaders:
                 self.seen_leaders.add((r.term, i))
-                for idx, (t, d) in self.committed.items():
+                for idx, (t, _d) in self.committed.items():
                     if idx < r.log.first_index():
                         continue
                     if r.log.term_or_zero(idx) != t:

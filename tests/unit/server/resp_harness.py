@@ -7,9 +7,10 @@ with the next log index. Time comes from `clock` (a fixed, advancing counter by 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from keeldb.codec.resp import ReplyReader, encode_request
-from keeldb.node.kvstate import Applied, KvStateMachine
+from keeldb.node.kvstate import KvStateMachine
 from keeldb.server.commands import Close, Connection, ConnectionConfig, Execute, Output, Send
 from keeldb.storage.memory import MemoryEngine
 
@@ -47,7 +48,7 @@ class LocalServer:
     def execute(self, conn: Connection, out: Execute) -> list[Output]:
         now = self.clock()
         if out.batch.read_only:
-            result = Applied(tuple(self.sm.read(out.batch.requests, now_ms=now)))
+            result = self.sm.read_batch(out.batch, now_ms=now)
         else:
             self.index += 1
             result = self.sm.apply(out.batch, index=self.index, now_ms=now)
@@ -67,16 +68,16 @@ class LocalClient:
             self.closed = close
         return raw
 
-    def replies(self, data: bytes) -> list[object]:
+    def replies(self, data: bytes) -> list[Any]:
         self.reader.feed(self.send(data))
-        out = []
+        out: list[Any] = []
         while True:
             done, value = self.reader.next_reply()
             if not done:
                 return out
             out.append(value)
 
-    def call(self, *args: bytes | str | int) -> object:
+    def call(self, *args: bytes | str | int) -> Any:
         raw = [a if isinstance(a, bytes) else str(a).encode() for a in args]
         (reply,) = self.replies(encode_request(raw))
         return reply

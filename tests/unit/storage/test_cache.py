@@ -8,7 +8,7 @@ import pytest
 
 from keeldb.errors import ConfigError, CorruptionError
 from keeldb.runtime.memdisk import MemoryDisk
-from keeldb.storage.cache import BlockCache, TableCache
+from keeldb.storage.cache import BlockCache, TableCache, pack_key
 from keeldb.storage.engine import KIND_PUT
 from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
 
@@ -23,6 +23,14 @@ def test_lru_order_and_byte_limit() -> None:
     assert cache.get((1, 0)) == "a" and cache.get((1, 2)) == "c"
     assert cache.bytes == 80 <= cache.bytes_max
     assert (cache.hits, cache.misses) == (3, 1)
+
+
+def test_packed_and_tuple_keys_are_the_same_entries() -> None:
+    cache = BlockCache(100)
+    cache.put((3, 4096), "a", 10)
+    assert cache.get_packed(pack_key(3, 4096)) == "a"
+    cache.put_packed(pack_key(4, 0), "b", 10)
+    assert cache.get((4, 0)) == "b" and cache.get((3, 0)) is None and cache.get((0, 4096)) is None
 
 
 def test_replacing_a_key_keeps_accounting_exact() -> None:

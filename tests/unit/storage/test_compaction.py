@@ -158,7 +158,7 @@ def test_visible_merger_equals_visible_pairs(raw: list[list[tuple[bytes, int, in
     if reverse:
         srcs = [s[::-1] for s in srcs]
     expected = list(visible_pairs(merge_sources([iter(s) for s in srcs], reverse), seq, 10**6))
-    merger = VisibleMerger(merge_sources([iter(s) for s in srcs], reverse), seq)
+    merger = VisibleMerger([iter(s) for s in srcs], seq, reverse)
     got: list[tuple[bytes, bytes]] = []
     i = 0
     while not merger.exhausted:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from keeldb.errors import ClosedError, ConfigError, CorruptionError
 from keeldb.runtime.memdisk import MemoryDisk
 from keeldb.runtime.real.disk import RealDisk
+from keeldb.storage.bloom import blocks_for
 from keeldb.storage.cache import BlockCache
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT
 from keeldb.storage.sstable import (
@@ -181,6 +182,16 @@ def test_single_huge_value_bigger_than_a_block() -> None:
     assert list(reader.iter()) == entries
 
 
+def test_block_of_many_tiny_fixed_width_entries() -> None:
+    entries = [(b"%05d" % i, 1, KIND_PUT, b"ab") for i in range(10_000)]
+    disk = MemoryDisk()
+    write_table(disk, entries, block_bytes=1 << 20)  # one block, more fields than a parser
+    reader = open_table(disk)
+    assert reader.props.data_blocks == 1
+    assert list(reader.iter()) == entries
+    assert reader.get(b"09999", 1) == (1, KIND_PUT, b"ab")
+
+
 def test_blocks_are_about_block_bytes() -> None:
     entries = sample_entries(3000, versions=1, value_bytes=100)
     disk = MemoryDisk()
@@ -220,6 +231,23 @@ def test_writer_order_is_checked_across_calls() -> None:
     writer.add(b"b", 1, KIND_PUT, b"")
     with pytest.raises(AssertionError):
         writer.add_many([(b"a", 1, KIND_PUT, b"")])
+
+
+def test_out_of_order_single_adds_are_caught_by_finish() -> None:
+    writer = TableWriter(MemoryDisk().create(NAME), block_bytes=4096, bloom_bits_per_key=10)
+    writer.add(b"b", 1, KIND_PUT, b"")
+    writer.add(b"a", 1, KIND_PUT, b"")  # buffered; checked when the buffer drains
+    with pytest.raises(AssertionError):
+        writer.finish()
+
+
+def test_bloom_is_sized_by_distinct_keys() -> None:
+    entries = [(b"k%04d" % i, seq, KIND_PUT, b"v") for i in range(3000) for seq in (3, 2, 1)]
+    disk = MemoryDisk()
+    write_table(disk, entries, name="versions.sst")
+    write_table(disk, entries[::3], name="single.sst")
+    many, single = open_table(disk, "versions.sst"), open_table(disk, "single.sst")
+    assert many._bloom.nbytes == single._bloom.nbytes == blocks_for(3000, 10) * 64
 
 
 def test_unknown_compression_is_config_error() -> None:
@@ -280,6 +308,23 @@ def test_real_disk_round_trip(tmp_path: Path) -> None:
     reader = open_table(disk)
     assert list(reader.iter()) == entries
     assert reader.get(b"key00001999", 1 << 40) == model_get(entries, b"key00001999", 1 << 40)
+    reader.close()
+
+
+def test_real_disk_flipped_byte_is_found(tmp_path: Path) -> None:
+    disk = RealDisk(str(tmp_path))
+    write_table(disk, sample_entries(2000))
+    reader = open_table(disk)
+    offset, size = reader._offsets[3], reader._sizes[3]
+    reader.close()
+    path = tmp_path / NAME
+    data = bytearray(path.read_bytes())
+    data[offset + size // 3] ^= 0x01  # one bit
+    path.write_bytes(bytes(data))
+    reader = open_table(disk)
+    with pytest.raises(CorruptionError) as info:
+        reader.verify()
+    assert (info.value.path, info.value.offset) == (NAME, offset)
     reader.close()
 
 

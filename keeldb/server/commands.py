@@ -498,6 +498,10 @@ class Connection:
             self._reply(ErrorReply(f"ERR over resp_multi_queued_max={limits.resp_multi_queued_max}"
                                    " commands queued in MULTI; use smaller transactions"))
             return
+        if spec.name == "unwatch":  # Redis queues it; at EXEC the watches were checked already
+            self._multi.append((OK,))
+            self._reply(QUEUED)
+            return
         if spec.parse is None and spec.name not in ("ping", "echo", "select"):
             self._multi_failed = True
             self._reply(ErrorReply("ERR Command not allowed inside a transaction"))

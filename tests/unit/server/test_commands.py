@@ -193,6 +193,18 @@ def test_multi_exec_queues_and_aborts_like_redis() -> None:
     assert c.call("GET", "a") == b"2"
 
 
+def test_unwatch_inside_multi_is_queued_and_the_watch_still_holds() -> None:
+    server = LocalServer()
+    a, b = server.connect(), server.connect()
+    a.call("WATCH", "k")
+    a.call("MULTI")
+    assert a.call("UNWATCH") == SimpleString("QUEUED")
+    b.call("SET", "k", "1")
+    a.call("SET", "k", "2")
+    assert a.call("EXEC") is None  # aborted (RESP2 null array reads as None)
+    assert a.call("GET", "k") == b"1"
+
+
 def test_watch_waits_for_its_tokens_and_a_failed_watch_aborts_exec() -> None:
     conn = Connection(1)
     outs = conn.receive(b"WATCH k\r\nMULTI\r\nGET k\r\nEXEC\r\n")

@@ -79,6 +79,9 @@ class LocalRespServer:
         finally:
             async def stop() -> None:
                 holder["server"].close()
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task():
+                        task.cancel()  # clients still connected
                 await holder["server"].wait_closed()
 
             asyncio.run_coroutine_threadsafe(stop(), loop).result(10)

@@ -561,11 +561,8 @@ class LsmEngine:
             meta = self._write_table(imm.flush_entries(), self._alloc(), "flush-mid-table")
             if self._hook is not None:
                 self._hook("flush-before-manifest")
-            current = self._version
-            remaining = [m for m in (current.mem,) + current.imms if m is not imm]
-            levels = cp.add_l0(current.levels, meta)
-            self._install(levels, log_number=min(m.wal_number for m in remaining),
-                          last_seq=imm.seq_max, drop_imm=imm)
+            self._install(lambda levels: cp.add_l0(levels, meta), last_seq=imm.seq_max,
+                          drop_imm=imm)
         except StorageIOError as exc:
             self._fail(exc)
             raise
@@ -600,20 +597,24 @@ class LsmEngine:
                          seq_max=props.seq_max, raw_key_bytes=props.raw_key_bytes,
                          raw_value_bytes=props.raw_value_bytes)
 
-    def _install(self, levels: cp.Levels, *, log_number: int | None = None,
-                 last_seq: int | None = None, drop_imm: Memtable | None = None) -> None:
-        """Make `levels` durable in the manifest, then visible to readers."""
-        old = self._state
-        state = ManifestState(
-            next_file=self._next_file,
-            last_seq=max(old.last_seq, last_seq or 0),
-            log_number=old.log_number if log_number is None else log_number,
-            levels=levels)
-        self.counters["manifest_bytes"] += write_manifest(self.disk, state, self._hook)
-        self._state = state
+    def _install(self, edit: Callable[[cp.Levels], cp.Levels], *, last_seq: int = 0,
+                 drop_imm: Memtable | None = None) -> None:
+        """Apply `edit` to the current levels, make the result durable in the manifest, then
+        visible to readers. All under `mu`, so a flush and a compaction running at the same
+        time (the embedded DB runs them on two threads) install one after the other, each on
+        top of the other's result."""
         with self._mu:
             current = self._version
+            levels = edit(current.levels)
             imms = tuple(m for m in current.imms if m is not drop_imm)
+            old = self._state
+            # WALs below the oldest memtable still unflushed hold nothing the tables lack.
+            log_number = min(m.wal_number for m in (current.mem,) + imms)
+            state = ManifestState(next_file=self._next_file,
+                                  last_seq=max(old.last_seq, last_seq), log_number=log_number,
+                                  levels=levels)
+            self.counters["manifest_bytes"] += write_manifest(self.disk, state, self._hook)
+            self._state = state
             self._version = Version(current.mem, imms, levels)
 
     # --- compaction ----------------------------------------------------------------------------
@@ -633,8 +634,7 @@ class LsmEngine:
                 outputs = self._run_compaction(plan, version)
             if self._hook is not None:
                 self._hook("compaction-before-manifest")
-            levels = cp.apply_compaction(self._version.levels, plan, outputs)
-            self._install(levels)
+            self._install(lambda levels: cp.apply_compaction(levels, plan, outputs))
         except StorageIOError as exc:
             self._fail(exc)
             raise

@@ -1,8 +1,8 @@
 """The embedded database: `keeldb.open(path)`.
 
 It wraps the sans-IO `LsmEngine` with real files (`RealDisk`), a process lock, thread safety,
-group commit and a background thread that drives the engine's bounded flush and compaction
-steps. The same engine steps run inline in tests and in the simulator.
+group commit and two background threads that drive the engine's bounded flush and
+compaction steps. The same engine steps run inline in tests and in the simulator.
 
     >>> import keeldb
     >>> with keeldb.open(str(tmp_path / "db")) as db:          # doctest: +SKIP
@@ -222,7 +222,8 @@ class DB:
         self._lock_fd = _acquire_lock(self.path)
         self._mu = threading.RLock()  # engine state (versions, snapshots)
         self._read_mu = threading.Lock()  # shared table/block caches
-        self._job_lock = threading.Lock()  # one flush/compaction step at a time
+        self._flush_lock = threading.Lock()  # one flush step at a time
+        self._compact_lock = threading.Lock()  # one compaction step at a time
         self._wal_lock = threading.Lock()  # WAL append, fsync and rotation
         self._qlock = threading.Lock()  # the group commit queue
         self._queue: deque[_Writer] = deque()
@@ -245,9 +246,15 @@ class DB:
         self._slowdown_files = opts.l0_slowdown_files
         self.get = self.engine.get  # type: ignore[method-assign]
         self._stop = False
-        self._bg = threading.Thread(target=self._background, name=f"keeldb-bg:{self.path}",
-                                    daemon=True)
-        self._bg.start()
+        # Two workers: a long compaction step must not hold up flushes (writers would stall
+        # on full memtables meanwhile); the engine installs their results one at a time.
+        self._workers = [
+            threading.Thread(target=self._background, args=(role,), daemon=True,
+                             name=f"keeldb-{role}:{self.path}")
+            for role in ("flush", "compact")
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # --- writes ------------------------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:
@@ -401,9 +408,11 @@ class DB:
                     self._bg_cv.notify_all()
 
     # --- background --------------------------------------------------------------------------
-    def _background(self) -> None:
-        """Drive flush/compaction steps and the 'batch' sync timer until closed."""
+    def _background(self, role: str) -> None:
+        """Drive flush steps and the 'batch' sync timer (role "flush"), or compaction steps
+        (role "compact"), until closed."""
         tick = min(limits.background_tick_ms / 1000, self._sync_interval)
+        step = self._flush_one if role == "flush" else self._compact_one
         while True:
             with self._bg_cv:
                 if self._stop:
@@ -412,8 +421,9 @@ class DB:
                 if self._stop:
                     return
             try:
-                self._periodic_sync()
-                while not self._stop and self._one_step():
+                if role == "flush":
+                    self._periodic_sync()
+                while not self._stop and step():
                     with self._bg_cv:
                         self._bg_cv.notify_all()
             except BaseException as exc:  # keep reads working; writers see the error
@@ -432,11 +442,13 @@ class DB:
                 with contextlib.suppress(KeeldbError):  # marks the engine read-only on failure
                     self._sync_locked()
 
-    def _one_step(self) -> bool:
-        with self._job_lock:
-            if self._closed:
-                return False
-            return bool(self.engine.flush_step() or self.engine.compact_step())
+    def _flush_one(self) -> bool:
+        with self._flush_lock:
+            return not self._closed and bool(self.engine.flush_step())
+
+    def _compact_one(self) -> bool:
+        with self._compact_lock:
+            return not self._closed and bool(self.engine.compact_step())
 
     # --- reads -------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -464,7 +476,7 @@ class DB:
         """Write the memtable to a table now (and wait for every pending flush)."""
         self._check_open()
         self._check_background()
-        with self._job_lock:
+        with self._flush_lock:
             with self._wal_lock:
                 self.engine.rotate()
             while self.engine.flush_step():
@@ -476,11 +488,12 @@ class DB:
         """Flush, then compact until no level has work left."""
         self._check_open()
         self._check_background()
-        with self._job_lock:
+        with self._flush_lock:
             with self._wal_lock:
                 self.engine.rotate()
             while self.engine.flush_step():
                 pass
+        with self._compact_lock:
             while self.engine.compact_step(True):
                 pass
         with self._bg_cv:
@@ -515,8 +528,9 @@ class DB:
         with self._bg_cv:
             self._stop = True
             self._bg_cv.notify_all()
-        self._bg.join()
-        with self._job_lock, self._wal_lock:
+        for worker in self._workers:
+            worker.join()
+        with self._flush_lock, self._compact_lock, self._wal_lock:
             self._closed = True
             with contextlib.suppress(KeeldbError):
                 if self.sync_policy != "never":

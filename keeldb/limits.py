@@ -147,3 +147,29 @@ txn_backoff_ms_min = 1  # first retry waits up to this long (full jitter)
 txn_backoff_ms_max = 1_000  # no retry waits longer than this
 mvcc_gc_step_entries = 1_024  # versions one garbage-collection step examines
 mvcc_gc_every_commits = 256  # a commit runs one GC step after this many commits
+block_cache_bytes_engine_small = 128 * 1024 * 1024  # default: keeps peak RSS at 1M keys < 500 MB
+
+# --- Raft node (area: raftnode) ------------------------------------------------------------
+raft_node_tick_ms = 10  # one Raft tick of a RaftNode (election timeout = election_ticks of these)
+raft_node_snapshot_entries = 1_000  # applied entries between two state-machine snapshots
+raft_node_keep_entries = 100  # entries kept in the log before a snapshot (for slow followers)
+raft_node_request_wait_ms = 1_000  # a client request waits this long (leader election) at most
+raft_node_pending_requests_max = 4_096  # client requests one node holds unanswered
+raft_node_sessions_max = 1_024  # client sessions (proxy incarnations) in the dedup table
+raft_node_session_done_max = 4_096  # replies one session keeps for retried writes
+
+# --- RESP server process (area: serve) -----------------------------------------------------
+server_clients_max_default = 10_000  # client connections at once (--max-clients); Redis's default
+server_read_chunk_bytes = 64 * 1024  # bytes read from one socket per read call
+server_reply_high_water_bytes = 1024 * 1024  # unsent reply bytes before a connection stops being read
+server_reply_backlog_bytes_max = 64 * 1024 * 1024  # unsent reply bytes before a client is dropped
+server_apply_queue_max = 65_536  # batches proposed but not yet applied, over all connections
+server_apply_group_max = 1_024  # batches applied between two fsyncs (one group commit)
+server_sweep_interval_ms_default = 1_000  # period of the expired-key sweep proposals
+server_sweep_keys = 1_000  # records one sweep proposal examines (<= kv_sweep_keys_max)
+server_shutdown_drain_ms_max = 5_000  # time shutdown waits for in-flight batches and replies
+admin_request_bytes_max = 8 * 1024  # request line + headers of one admin HTTP request
+admin_read_timeout_ms = 5_000  # an admin HTTP client must send its request within this
+server_linger_ms = 200  # closing a connection: time its unread input is drained (no RST)
+server_linger_bytes_max = 1024 * 1024  # ... and bytes drained at most
+server_gil_switch_interval_us = 200  # sys.setswitchinterval of the server process (default 5000)

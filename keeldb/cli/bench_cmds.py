@@ -39,6 +39,13 @@ def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _short(x: float | None) -> str:
+    """A ratio in 4 characters: 0.15, 1.10, 11.6, 123."""
+    if x is None:
+        return "-"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:.0f}"
+
+
 def render(result: dict[str, Any], out: Console) -> None:
     """Human tables: ops/s, ratios, targets, peak RSS, keeldb stats and notes."""
     engines: list[str] = result["config"]["engines_run"]
@@ -46,7 +53,7 @@ def render(result: dict[str, Any], out: Console) -> None:
     ops = result["config"]["ops"]
     reps = result["config"]["repeats"]
     t = Table(title=f"ops/s, median of {reps} (N={result['config']['n']:,})")
-    t.add_column("workload")
+    t.add_column("workload", no_wrap=True)
     t.add_column("ops", justify="right")
     for e in engines:
         t.add_column(e, justify="right")
@@ -54,8 +61,8 @@ def render(result: dict[str, Any], out: Console) -> None:
         t.add_row(w, f"{ops[w]:,}", *(_fmt_ops(result["results"][w].get(e)) for e in engines))
     out.print(t)
 
-    r = Table(title="ratio: engine ops/s / rocksdict ops/s | / sqlite3 ops/s")
-    r.add_column("workload")
+    r = Table(title="ratio of ops/s: to rocksdict / to sqlite3")
+    r.add_column("workload", no_wrap=True)
     for e in engines:
         r.add_column(e, justify="right")
     for w in workloads:
@@ -63,8 +70,7 @@ def render(result: dict[str, Any], out: Console) -> None:
         for e in engines:
             c = result["results"][w].get(e)
             cells.append("-" if not c else
-                         f"{_fmt_ratio(c['ratio_to_rocksdict'])} | "
-                         f"{_fmt_ratio(c['ratio_to_sqlite3'])}")
+                         f"{_short(c['ratio_to_rocksdict'])}/{_short(c['ratio_to_sqlite3'])}")
         r.add_row(w, *cells)
     out.print(r)
 

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keeldb.cli.check_txn_cmds",
     "keeldb.cli.sim_cmds",
     "keeldb.cli.node_cmds",
+    "keeldb.cli.serve_cmds",
 )
 
 

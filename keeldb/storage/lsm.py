@@ -5,9 +5,10 @@ Concurrency model (the embedded layer adds threads; the simulator calls everythi
 - Readers never lock: they read `self._version`, an immutable `Version` (memtables + level
   lists) swapped atomically. The active memtable inside it takes writes in place; entries
   carry seqs so a snapshot ignores what is newer than itself.
-- Background work runs as bounded steps (`flush_step`, `compact_step`), one at a time (the
-  caller serialises steps too). A step does its heavy I/O without the state lock and holds
-  it only to swap the version.
+- Background work runs as bounded steps (`flush_step`, `compact_step`). At most one flush
+  and one compaction run at a time (the caller serialises each kind), possibly concurrently:
+  a step does its heavy I/O without the state lock and takes it only to install its result
+  (manifest write + version swap), applied as an edit on top of whatever the other installed.
 - `mutex` (any re-entrant context manager, e.g. a `threading.RLock`) guards the short
   critical sections: memtable rotation, version swaps, snapshot and pin registration.
   `read_mutex` guards the shared table and block caches during table reads (scans take it

@@ -28,6 +28,7 @@ from keeldb.testing.checkers import Violation
 from keeldb.testing.echo import EchoNode
 from keeldb.testing.history import HistoryRecorder
 from keeldb.testing.primary_backup import PrimaryBackupNode
+from keeldb.testing.raft_kv import SimRaftKvNode
 from keeldb.testing.register_service import RegisterNode
 from keeldb.testing.workloads import Workload, make_workload
 from keeldb.types import NodeId
@@ -55,6 +56,8 @@ SYSTEMS: dict[str, SystemSpec] = {
                            "single-node register service with a synced log (correct)"),
     "primary-backup": SystemSpec("primary-backup", PrimaryBackupNode, ("n1", "n2", "n3"), False,
                                  "async primary-backup with naive failover (incorrect)"),
+    "raft-kv": SystemSpec("raft-kv", SimRaftKvNode, ("n1", "n2", "n3"), True,
+                          "3 Raft nodes replicating the register state machine (correct)"),
     "echo": SystemSpec("echo", EchoNode, ("n1", "n2", "n3"), True,
                        "nodes bouncing messages (simulator benchmark: --bench)",
                        checkable=False),

@@ -153,7 +153,7 @@ def test_writers_wait_during_a_stall_instead_of_failing(tmp_path: Path) -> None:
     db = keeldb.open(tmp_path / "db", memtable_bytes=2048, l0_compaction_trigger=1,
                      l0_slowdown_files=1, l0_stop_files=2)
     errors: list[BaseException] = []
-    with db._job_lock:  # hold back the background thread: no flush, no compaction
+    with db._flush_lock, db._compact_lock:  # hold back the background: no flush, no compaction
         def writer() -> None:
             try:
                 for i in range(200):

@@ -38,6 +38,7 @@ SYSTEMS: dict[str, str] = {
     "register": "keeldb.testing.register_service:RegisterNode",
     "primary-backup": "keeldb.testing.primary_backup:PrimaryBackupNode",
     "echo": "keeldb.testing.echo:EchoNode",
+    "raft-kv": "keeldb.testing.raft_kv:RaftKvNode",
 }
 """Short names of the reference systems (keeldb/testing/) for `--system`."""
 

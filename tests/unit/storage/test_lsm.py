@@ -96,7 +96,7 @@ def test_crash_at_every_point_recovers_a_prefix_with_all_synced_writes(point: st
 
 def test_crash_without_sync_loses_only_a_suffix() -> None:
     disk = MemoryDisk()
-    engine = LsmEngine(disk, TINY)
+    engine = LsmEngine(disk, dataclasses.replace(TINY, memtable_bytes=64 * 1024))  # no flush
     for i in range(50):
         engine.write([_op(i)])
     engine.sync()
@@ -213,7 +213,7 @@ def test_orphans_from_an_interrupted_compaction_are_removed() -> None:
     engine = LsmEngine(disk, TINY)
     for i in range(100):
         engine.write([(KIND_PUT, b"k%03d" % i, b"x" * 20)])
-        engine.flush_step()
+        engine.flush_step() or engine.compact_step()
     disk.create("000999.sst").append(b"junk")
     disk.create("MANIFEST.tmp").append(b"junk")
     engine.close()
@@ -298,7 +298,7 @@ def test_crash_soak_random_points_with_snapshots_and_batches(seed: int) -> None:
 
 
 def test_dropped_scans_release_their_snapshot_and_pin() -> None:
-    engine = LsmEngine(MemoryDisk(), TINY)
+    engine = LsmEngine(MemoryDisk(), dataclasses.replace(TINY, memtable_bytes=64 * 1024))
     for i in range(50):
         engine.write([(KIND_PUT, b"k%02d" % i, b"v")])
     unstarted = engine.scan()
@@ -312,3 +312,32 @@ def test_dropped_scans_release_their_snapshot_and_pin() -> None:
     assert engine.live_snapshots() == [] and not engine._pins and not engine._snapshot_count
     assert list(engine.scan(limit=2)) == [(b"k00", b"v"), (b"k01", b"v")]
     assert engine.live_snapshots() == []  # exhausted scans release at once
+
+
+def test_flush_installed_while_a_compaction_runs_is_kept() -> None:
+    """The embedded DB flushes and compacts on two threads: a flush that installs while a
+    compaction is writing its outputs must survive the compaction's install (and vice versa)."""
+    engine: LsmEngine | None = None
+    flushed_midway: list[bool] = []
+
+    def hook(name: str) -> None:
+        if name == "compaction-before-manifest" and engine is not None and engine.version.imms:
+            flushed_midway.append(engine.flush_step())
+
+    opts = dataclasses.replace(TINY, crash_hook=hook, l0_compaction_trigger=3)
+    engine = LsmEngine(MemoryDisk(), opts)
+    expected: dict[bytes, bytes] = {}
+    for i in range(400):
+        key, value = b"k%03d" % (i * 13 % 150), b"v%d" % i
+        engine.write([(KIND_PUT, key, value)])
+        expected[key] = value
+        if i % 7 == 0:
+            engine.flush_step()  # leave frozen memtables behind for the hook to flush
+        if i % 11 == 0:
+            engine.compact_step()
+    assert any(flushed_midway), "the interleaving never happened"
+    assert dict(engine.scan()) == expected
+    engine.close()
+    engine = LsmEngine(engine.disk, TINY)
+    assert dict(engine.scan()) == expected
+    assert engine.verify().ok

@@ -1,0 +1,48 @@
+"""`keeldb serve`: run one node as a Redis-protocol server over the embedded store.
+
+    keeldb serve                                  # 127.0.0.1:6380, data in ./keeldb-data
+    keeldb serve --port 6390 --data /var/lib/keeldb --sync batch --password s3cret
+    redis-cli -p 6380 set a b
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from keeldb import limits
+from keeldb.cli.app import app
+from keeldb.types import SYNC_POLICIES
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(6380, "--port", help="RESP port (0: any free port)"),
+    data: str = typer.Option("./keeldb-data", "--data", help="data directory"),
+    sync: str = typer.Option("always", "--sync",
+                             help=f"fsync policy: {'|'.join(SYNC_POLICIES)}; always = a reply "
+                                  "leaves only after its write is fsynced"),
+    password: str | None = typer.Option(None, "--password", help="require AUTH with this"),
+    admin_port: int = typer.Option(0, "--admin-port",
+                                   help="loopback HTTP port for /metrics and /status "
+                                        "(0: any free port, -1: none)"),
+    max_clients: int = typer.Option(limits.server_clients_max_default, "--max-clients",
+                                    help="client connections at once"),
+    node_id: str = typer.Option("n1", "--node-id", help="this node's id (shown in /status)"),
+    sweep_interval_ms: int = typer.Option(limits.server_sweep_interval_ms_default,
+                                          "--sweep-interval-ms",
+                                          help="period of the expired-key sweep"),
+) -> None:
+    """Serve the Redis protocol on one node; SIGTERM/SIGINT stop it cleanly."""
+    from keeldb.server.resp_server import ServerConfig, run
+
+    def ready(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    run(ServerConfig(host=host, port=port, data_dir=data, sync=sync, password=password,
+                     admin_port=None if admin_port == -1 else admin_port,
+                     max_clients=max_clients, node_id=node_id,
+                     sweep_interval_ms=sweep_interval_ms), ready)

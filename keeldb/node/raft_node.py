@@ -1,0 +1,546 @@
+"""`RaftNode`: the sans-IO Raft core composed into a node (the `keeldb.node.effects` contract).
+
+One object per incarnation. It holds the core (`keeldb.consensus.Raft`), the durable log
+(`raft_log.DurableLog`, files `raft.log` and `raft.snap`), a `StateMachine` wrapped in
+`Sessions` (exactly-once writes), and the client requests it is answering.
+
+The Ready contract, mapped onto effects (docs/design/raft.md):
+
+1. `rd.messages` -> `Send` at once;
+2. snapshot, entries and hard state -> `Persist` records of `raft.log` (and a replace of
+   `raft.snap`), then ONE `Sync(op=k)` of the log (group commit: everything proposed since the
+   last batch shares it);
+3. `rd.messages_after_persist` -> `Send(..., after=k)`;
+4. when `SyncDone(k)` arrives: the storage the core reads is updated, committed entries are
+   applied (`Apply`), client replies go out, read states are served, then `advance(rd)`.
+   Only one Ready is in flight; steps keep feeding the core meanwhile, so the next batch
+   gathers everything that arrived during the fsync.
+
+A failed write or sync halts the node (after a failed fsync nothing is known; recover from
+the disk). After a (process) crash the page cache may still hold records that were never
+synced, so a restarted node syncs its log before it runs the core at all.
+
+Clients. Writes are proposed by the node that received them: a follower's core forwards the
+proposal to the leader (we forward rather than redirect), and the receiving node replies when
+it applies the entry carrying its (session, seq). Every entry carries the node's session id
+(unique per incarnation) and a sequence number; `Sessions` applies each (session, seq) once,
+so the node may re-propose a write that got lost (new leader, dropped message) with the same
+identity. A write waits at most `request_wait_ticks` (a leader election): then it gets `fail`
+if it was never accepted by a core, else `info` (outcome unknown). Reads use ReadIndex (a
+follower asks the leader) and are answered from the local state machine once it applied up
+to the read index; a read with `value == "stale"` is answered from local state at once.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from keeldb import limits
+from keeldb.consensus import Config, EntryType, Raft, Ready
+from keeldb.errors import CorruptionError, ProposalDroppedError, UsageError
+from keeldb.node import raft_codec
+from keeldb.node.effects import (
+    Apply,
+    ClientRequest,
+    Effect,
+    Event,
+    Halt,
+    Persist,
+    PersistDone,
+    Received,
+    Reply,
+    Send,
+    SetTimer,
+    Start,
+    Sync,
+    SyncDone,
+    Tick,
+)
+from keeldb.node.raft_log import LOG_FILE, DurableLog, Write, recover, recover_prefix
+from keeldb.types import NodeId
+
+MS = 1_000_000
+TICK_TIMER = "raft-tick"
+SUSPECT_FILE = "raft.suspect"
+STALE_READ = "stale"
+ENTRY_OVERHEAD_BYTES = 1024  # session id, seq and low around a command in an entry  # ClientRequest.value of a read that may be served from local state
+
+
+class StateMachine(Protocol):
+    """What a RaftNode replicates. Deterministic: equal command sequences, equal states."""
+
+    def command(self, f: str, key: Any, value: Any) -> tuple[bytes, bool]:
+        """Encode a client request as (command bytes, read_only). Raise UsageError (or
+        ValueError/TypeError) for a request that can never succeed."""
+
+    def apply(self, index: int, command: bytes) -> tuple[str, Any]:
+        """Apply a committed command; return (reply type "ok" or "fail", reply value)."""
+
+    def read(self, command: bytes) -> tuple[str, Any]:
+        """Answer a read-only command from the current state (no change)."""
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot image (b"" is the initial state)."""
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+@dataclass(slots=True)
+class _Session:
+    low: int  # every seq below it was answered: a copy of it arriving now is skipped
+    last_index: int  # the log index this session last applied at (for eviction)
+    done: dict[int, list[Any]]  # seq -> [reply type, value] for seqs >= low
+
+
+class Sessions:
+    """Exactly-once application of (session, seq)-stamped commands; part of the snapshot.
+
+    An entry's data is msgpack `[session, seq, low, command]`, where `low` is the smallest seq
+    its proxy still waits for. A seq below the session's `low` was answered already, so a late
+    copy is skipped; a seq in `done` is a retry and gets the first result back.
+    """
+
+    def __init__(self, sm: StateMachine, sessions_max: int = limits.raft_node_sessions_max,
+                 done_max: int = limits.raft_node_session_done_max) -> None:
+        self.sm = sm
+        self.sessions_max = sessions_max
+        self.done_max = done_max
+        self.table: dict[str, _Session] = {}
+
+    @staticmethod
+    def encode(session: str, seq: int, low: int, command: bytes) -> bytes:
+        assert 0 < low <= seq, (low, seq)
+        return _pack([session, seq, low, command])
+
+    def apply(self, index: int, data: bytes) -> tuple[str, int, list[Any] | None]:
+        """Apply one entry. Returns (session, seq, [type, value]) or None as the result when
+        the entry was a late copy of an answered command (not applied)."""
+        session, seq, low, command = _unpack(data)
+        s = self.table.get(session)
+        if s is None:
+            if len(self.table) >= self.sessions_max:
+                oldest = min(self.table, key=lambda k: (self.table[k].last_index, k))
+                del self.table[oldest]
+            s = self.table[session] = _Session(0, index, {})
+        s.last_index = index
+        self._raise_low(s, low)
+        if seq < s.low:
+            return session, seq, None
+        if seq in s.done:
+            return session, seq, s.done[seq]
+        kind, value = self.sm.apply(index, bytes(command))
+        result = [kind, value]
+        s.done[seq] = result
+        if len(s.done) > self.done_max:
+            self._raise_low(s, min(s.done) + 1)
+        return session, seq, result
+
+    @staticmethod
+    def _raise_low(s: _Session, low: int) -> None:
+        if low > s.low:
+            s.low = low
+            for q in [q for q in s.done if q < low]:
+                del s.done[q]
+
+    def lookup(self, session: str, seq: int) -> tuple[bool, list[Any] | None]:
+        """(known, result): whether (session, seq) was decided, and its result if kept."""
+        s = self.table.get(session)
+        if s is None:
+            return False, None
+        if seq in s.done:
+            return True, s.done[seq]
+        return seq < s.low, None
+
+    def snapshot(self) -> bytes:
+        table = [[k, s.low, s.last_index, [[q, *r] for q, r in s.done.items()]]
+                 for k, s in self.table.items()]
+        return _pack([table, self.sm.snapshot()])
+
+    def restore(self, data: bytes) -> None:
+        if not data:
+            self.table = {}
+            self.sm.restore(b"")
+            return
+        table, inner = _unpack(data)
+        self.table = {str(k): _Session(int(low), int(last), {int(q): [t, v] for q, t, v in done})
+                      for k, low, last, done in table}
+        self.sm.restore(bytes(inner))
+
+
+@dataclass(frozen=True, slots=True)
+class RaftNodeConfig:
+    """Knobs of a RaftNode. Times are in ticks of `tick_ns`."""
+
+    tick_ns: int = limits.raft_node_tick_ms * MS
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_entries: int = limits.raft_node_snapshot_entries
+    keep_entries: int = limits.raft_node_keep_entries
+    request_wait_ticks: int = limits.raft_node_request_wait_ms // limits.raft_node_tick_ms
+    retry_ticks: int = 10  # re-propose / re-ask a read not answered after this many ticks
+    pending_max: int = limits.raft_node_pending_requests_max
+    sessions_max: int = limits.raft_node_sessions_max
+
+    def __post_init__(self) -> None:
+        assert self.tick_ns > 0 and self.snapshot_entries > 0 and self.keep_entries >= 0, self
+        assert self.request_wait_ticks > 0 and self.retry_ticks > 0 and self.pending_max > 0
+
+
+@dataclass(slots=True)
+class _Write:
+    request_id: int
+    data: bytes
+    deadline: int  # in ticks
+    proposed: bool = False
+    tried_at: int = -1
+
+
+@dataclass(slots=True)
+class _Read:
+    request_id: int
+    command: bytes
+    deadline: int
+    index: int | None = None  # the read index, once confirmed
+    asked: bool = False
+    asked_at: int = -1
+
+
+@dataclass(slots=True)
+class RaftNodeStats:
+    readies: int = 0
+    syncs: int = 0
+    applied_entries: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
+    bad_messages: int = 0
+    reproposals: int = 0
+
+
+class RaftNode:
+    """A Raft-replicated `StateMachine` as a sans-IO node (see the module docstring)."""
+
+    def __init__(self, sm_factory: Callable[[], StateMachine],
+                 config: RaftNodeConfig | None = None) -> None:
+        self.cfg = config if config is not None else RaftNodeConfig()
+        self.sm_factory = sm_factory
+        self.stats = RaftNodeStats()
+        self.id = NodeId("")
+        self.session = ""
+        self.state = "new"  # new -> recovering -> running; or halting
+        self.op = 0
+        self.ticks = 0
+        self.seq = 0
+        self.raft: Raft | None = None
+        self.dlog: DurableLog | None = None
+        self.sessions = Sessions(sm_factory(), self.cfg.sessions_max)
+        self.applied = 0
+        self.start_sync = -1
+        self.inflight: tuple[Ready, int] | None = None  # the Ready waiting for its sync
+        self.writes: dict[int, _Write] = {}  # seq -> write
+        self.reads: dict[bytes, _Read] = {}  # ReadIndex context -> read
+
+    # --- the Node contract -----------------------------------------------------------------
+
+    def step(self, event: Event) -> list[Effect]:
+        if isinstance(event, Start):
+            return self._start(event)
+        if isinstance(event, PersistDone | SyncDone):
+            return self._disk_done(event)
+        if isinstance(event, Tick):
+            return self._tick(event)
+        if isinstance(event, Received):
+            return self._received(event)
+        if isinstance(event, ClientRequest):
+            return self._request(event)
+        raise AssertionError(f"RaftNode {self.id!r} cannot handle {event!r}")
+
+    def _next_op(self) -> int:
+        self.op += 1
+        return self.op
+
+    def _persists(self, writes: list[Write]) -> list[Effect]:
+        return [Persist(self._next_op(), w.file, w.data, w.replace) for w in writes]
+
+    # --- start and recovery ----------------------------------------------------------------
+
+    def _start(self, ev: Start) -> list[Effect]:
+        assert self.state == "new", f"second Start for {ev.node!r}"
+        self.id = ev.node
+        rec = recover(ev.files)
+        out: list[Effect] = []
+        if rec.problem:
+            if ev.files.get(SUSPECT_FILE) != rec.fingerprint:
+                # Maybe a transient read error: note what we saw, halt, read again.
+                self.state = "halting"
+                return [Persist(self._next_op(), SUSPECT_FILE, rec.fingerprint, replace=True)]
+            if rec.problem != "torn":
+                raise CorruptionError(
+                    f"node {ev.node!r}: {rec.where} is corrupt (read twice, same bytes); it may "
+                    "hold acknowledged entries, so the node will not start: restore its data "
+                    "directory from a healthy peer", path=rec.where)
+            storage = recover_prefix(ev.files, rec.log_valid)  # a torn tail: never synced
+            self.dlog = DurableLog(storage)
+            out.append(Persist(self._next_op(), LOG_FILE, ev.files[LOG_FILE][:rec.log_valid],
+                               replace=True))
+        elif rec.empty:
+            self.dlog, writes = DurableLog.bootstrap(tuple(sorted((ev.node, *ev.peers))))
+            out += self._persists(writes)
+        else:
+            self.dlog = DurableLog(rec.storage)
+            if not ev.files.get(LOG_FILE):
+                out += self._persists(self.dlog.rewrite())  # appends need the base record
+        if ev.files.get(SUSPECT_FILE):
+            out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
+        st = self.dlog.storage
+        # Unique per incarnation: entries of an earlier incarnation never match our seqs.
+        self.session = f"{ev.node}@{ev.now_ns}.{st.hard_state.term}.{st.last_index()}"
+        out.append(Sync(self._next_op(), LOG_FILE))
+        self.start_sync = out[-1].op  # type: ignore[union-attr]
+        self.state = "recovering"
+        return out
+
+    def _run(self) -> list[Effect]:
+        assert self.dlog is not None
+        st = self.dlog.storage
+        snap = st.snapshot()
+        self.sessions.restore(snap.data)
+        self.applied = snap.index
+        cfg = Config(id=self.id, election_ticks=self.cfg.election_ticks,
+                     heartbeat_ticks=self.cfg.heartbeat_ticks, applied=snap.index)
+        self.raft = Raft(cfg, st, random.Random(f"raft:{self.session}"))
+        self.state = "running"
+        return [SetTimer(TICK_TIMER, self.cfg.tick_ns), *self._pump()]
+
+    # --- events ----------------------------------------------------------------------------
+
+    def _disk_done(self, ev: PersistDone | SyncDone) -> list[Effect]:
+        if not ev.ok:
+            self.state = "halting"
+            return [Halt(f"disk op {ev.op} failed ({ev.error}); recovering from the disk")]
+        if self.state == "halting":
+            return [Halt("re-reading a suspect raft log")]
+        if ev.op == self.start_sync:
+            return self._run()
+        if self.inflight is not None and ev.op == self.inflight[1]:
+            rd, _ = self.inflight
+            self.inflight = None
+            self.stats.syncs += 1
+            return self._finish(rd) + self._pump()
+        return []
+
+    def _tick(self, ev: Tick) -> list[Effect]:
+        if ev.name != TICK_TIMER or self.state != "running":
+            return []
+        assert self.raft is not None
+        self.ticks += 1
+        self.raft.tick()
+        out: list[Effect] = [SetTimer(TICK_TIMER, self.cfg.tick_ns)]
+        out += self._retry_or_expire()
+        return out + self._pump()
+
+    def _received(self, ev: Received) -> list[Effect]:
+        if self.state != "running":
+            return []  # recovering: the sender retries
+        if not isinstance(ev.msg, bytes | bytearray):
+            self.stats.bad_messages += 1
+            return []
+        assert self.raft is not None
+        try:
+            m = raft_codec.decode_message(bytes(ev.msg))
+        except CorruptionError:
+            self.stats.bad_messages += 1
+            return []
+        if m.to != self.id:
+            self.stats.bad_messages += 1
+            return []
+        self.raft.step(m)
+        return self._pump()
+
+    def _request(self, req: ClientRequest) -> list[Effect]:
+        if self.state != "running":
+            return [Reply(req.request_id, "fail", error="node is recovering; retry")]
+        if len(self.writes) + len(self.reads) >= self.cfg.pending_max:
+            return [Reply(req.request_id, "fail",
+                          error=f"{self.cfg.pending_max} requests pending on {self.id}, the "
+                                "limit raft_node_pending_requests_max; retry later")]
+        try:
+            command, read_only = self.sessions.sm.command(req.f, req.key, req.value)
+        except (UsageError, ValueError, TypeError) as exc:
+            return [Reply(req.request_id, "fail", error=str(exc))]
+        deadline = self.ticks + self.cfg.request_wait_ticks
+        if read_only:
+            if req.value == STALE_READ:
+                kind, value = self.sessions.sm.read(command)
+                return [Reply(req.request_id, "ok" if kind == "ok" else "fail", value)]
+            ctx = f"{self.session}#{req.request_id}".encode()
+            self.reads[ctx] = _Read(req.request_id, command, deadline)
+            self._ask_read(ctx)
+        else:
+            if len(command) > limits.raft_entry_bytes_max - ENTRY_OVERHEAD_BYTES:
+                return [Reply(req.request_id, "fail",
+                              error=f"command of {len(command)} bytes, over the limit "
+                                    f"raft_entry_bytes_max={limits.raft_entry_bytes_max}; "
+                                    "store large values outside the log")]
+            self.seq += 1
+            low = min(self.writes, default=self.seq)
+            data = Sessions.encode(self.session, self.seq, low, command)
+            self.writes[self.seq] = _Write(req.request_id, data, deadline)
+            self._propose(self.seq)
+        return self._pump()
+
+    # --- client requests -------------------------------------------------------------------
+
+    def _propose(self, seq: int) -> None:
+        assert self.raft is not None
+        w = self.writes[seq]
+        if w.proposed:
+            self.stats.reproposals += 1
+        w.tried_at = self.ticks
+        try:
+            self.raft.propose(w.data)
+            w.proposed = True
+        except ProposalDroppedError:
+            pass  # no leader known: tried again on the next tick
+
+    def _ask_read(self, ctx: bytes) -> None:
+        assert self.raft is not None
+        r = self.reads[ctx]
+        r.asked_at = self.ticks
+        try:
+            self.raft.read_index(ctx)
+            r.asked = True
+        except ProposalDroppedError:
+            pass
+
+    def _retry_or_expire(self) -> list[Effect]:
+        out: list[Effect] = []
+        for seq, w in list(self.writes.items()):
+            if self.ticks >= w.deadline:
+                del self.writes[seq]
+                if w.proposed:
+                    out.append(Reply(w.request_id, "info", error="no commit in time; the write "
+                                     "may or may not have happened"))
+                else:
+                    out.append(Reply(w.request_id, "fail", error="no leader; retry"))
+            elif not w.proposed or self.ticks - w.tried_at >= self.cfg.retry_ticks:
+                self._propose(seq)
+        for ctx, r in list(self.reads.items()):
+            if self.ticks >= r.deadline:
+                del self.reads[ctx]
+                out.append(Reply(r.request_id, "fail", error="read not confirmed in time; retry"))
+            elif r.index is None and (not r.asked
+                                      or self.ticks - r.asked_at >= self.cfg.retry_ticks):
+                self._ask_read(ctx)
+        return out
+
+    def _serve_reads(self) -> list[Effect]:
+        out: list[Effect] = []
+        for ctx, r in list(self.reads.items()):
+            if r.index is not None and r.index <= self.applied:
+                del self.reads[ctx]
+                kind, value = self.sessions.sm.read(r.command)
+                out.append(Reply(r.request_id, "ok" if kind == "ok" else "fail", value))
+        return out
+
+    def _answer_write(self, seq: int, result: list[Any] | None) -> list[Effect]:
+        w = self.writes.pop(seq, None)
+        if w is None:
+            return []
+        if result is None:
+            return [Reply(w.request_id, "info", error="applied earlier or skipped; unknown")]
+        kind, value = result
+        return [Reply(w.request_id, "ok" if kind == "ok" else "fail", value)]
+
+    # --- the Ready loop --------------------------------------------------------------------
+
+    def _pump(self) -> list[Effect]:
+        """Hand out Readies until one must wait for its sync (one in flight at a time)."""
+        assert self.raft is not None and self.dlog is not None
+        out: list[Effect] = []
+        while self.inflight is None and self.raft.has_ready():
+            rd = self.raft.ready()
+            self.stats.readies += 1
+            out += [Send(m.to, raft_codec.encode_message(m)) for m in rd.messages]
+            if rd.must_sync:
+                out += self._persists(self.dlog.ready_writes(rd))
+                sync = Sync(self._next_op(), LOG_FILE)
+                out.append(sync)
+                out += [Send(m.to, raft_codec.encode_message(m), after=sync.op)
+                        for m in rd.messages_after_persist]
+                self.inflight = (rd, sync.op)
+            else:
+                out += [Send(m.to, raft_codec.encode_message(m))
+                        for m in rd.messages_after_persist]
+                out += self._finish(rd)
+        return out
+
+    def _finish(self, rd: Ready) -> list[Effect]:
+        """The Ready is durable: update storage, apply, serve reads, advance, compact."""
+        assert self.raft is not None and self.dlog is not None
+        self.dlog.apply_ready(rd)
+        out: list[Effect] = []
+        if rd.snapshot is not None and rd.snapshot.index > self.applied:
+            self.sessions.restore(rd.snapshot.data)
+            self.applied = rd.snapshot.index
+            self.stats.snapshots_installed += 1
+            for seq in list(self.writes):
+                known, result = self.sessions.lookup(self.session, seq)
+                if known:
+                    out += self._answer_write(seq, result)
+        for e in rd.committed_entries:
+            if e.index <= self.applied:
+                continue
+            assert e.index == self.applied + 1, f"apply gap: {self.applied} -> {e.index}"
+            self.applied = e.index
+            self.stats.applied_entries += 1
+            if e.type != EntryType.NORMAL or not e.data:
+                continue
+            session, seq, result = self.sessions.apply(e.index, e.data)
+            out.append(Apply(e.index, [session, seq]))
+            if session == self.session:
+                out += self._answer_write(seq, result)
+        for rs in rd.read_states:
+            r = self.reads.get(rs.context)
+            if r is not None and r.index is None:
+                r.index = rs.index
+        out += self._serve_reads()
+        self.raft.advance(rd)
+        return out + self._maybe_compact()
+
+    def _maybe_compact(self) -> list[Effect]:
+        assert self.raft is not None and self.dlog is not None
+        st = self.dlog.storage
+        if self.applied - st.snapshot().index < self.cfg.snapshot_entries:
+            return []
+        if self.applied > st.last_index():
+            return []  # applied from a snapshot not yet in storage: wait for the next Ready
+        self.stats.snapshots_taken += 1
+        writes = self.dlog.compact(self.applied, self.raft.conf, self.sessions.snapshot(),
+                                   self.cfg.keep_entries)
+        return self._persists(writes)
+
+    # --- introspection (tests, admin) ------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A summary for tests and admin endpoints."""
+        if self.raft is None:
+            return {"id": self.id, "state": self.state}
+        s = self.raft.status()
+        return {"id": self.id, "state": self.state, "role": s.role.value, "term": s.term,
+                "lead": s.lead, "commit": s.commit, "applied": self.applied,
+                "first_index": s.first_index, "last_index": s.last_index,
+                "pending_writes": len(self.writes), "pending_reads": len(self.reads)}
+

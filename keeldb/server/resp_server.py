@@ -1,0 +1,568 @@
+"""`keeldb serve`: one node's Redis-protocol server over the embedded LSM store.
+
+    event loop (asyncio)                                  apply thread
+    ───────────────────────────────────────────────       ─────────────────────────────────
+    accept ─► Connection.receive(bytes) ─► Execute ─┐
+                                                    ├─► ApplyPath.submit(batch, now_ms)
+    sweep timer ─► Sweep(n) ───────────────────────┘      in submit order, one group at a time:
+                                                            read_batch / apply (one engine
+    Connection.complete(ticket, result) ◄── deliver ◄──    write each), then ONE fsync for
+    ─► Send replies (in request order)                     the group (sync=always)
+
+The seam for replication is `ApplyPath`: `LocalApplyPath` applies proposals in the order they
+were submitted (the "log" is the submit order, its index `applied_index + 1`). A Raft node
+replaces it with one that proposes writes, waits for commit and applies in log order, and
+answers reads after a ReadIndex; the connections and the state machine do not change.
+
+Durability: with sync=always no reply leaves before the fsync that covers its batch, and a
+read that saw a write is answered only after that write's fsync (it is in the same or a later
+group). Batches that arrive while one group is being applied and fsynced form the next group,
+so concurrent clients share fsyncs (group commit) although the state machine applies one batch
+at a time. Time: every batch carries the server's wall clock at proposal (made non-decreasing),
+and the state machine decides expiry by it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, cast
+
+from keeldb import limits
+from keeldb.codec.resp import ErrorReply
+from keeldb.embedded import DB
+from keeldb.embedded import open as open_db
+from keeldb.errors import ConfigError, KeeldbError
+from keeldb.node import kvstate as kv
+from keeldb.server.admin_http import AdminServer, ServerMetrics
+from keeldb.server.commands import Close, Connection, ConnectionConfig, Execute, Output, Send
+from keeldb.storage.engine import Engine
+from keeldb.types import SYNC_POLICIES
+
+Result = kv.Applied | ErrorReply
+Done = Callable[[Result], None]
+ERR_MAX_CLIENTS = b"-ERR max number of clients reached\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 6380  # 0 = any free port
+    data_dir: str = "./keeldb-data"
+    sync: str = "always"
+    password: str | None = None
+    admin_port: int | None = 0  # 0 = any free port, None = no admin port
+    max_clients: int = limits.server_clients_max_default
+    node_id: str = "n1"
+    sweep_interval_ms: int = limits.server_sweep_interval_ms_default
+
+    def check(self) -> None:
+        """Raise ConfigError naming the bad value and what to pass instead."""
+        if self.sync not in SYNC_POLICIES:
+            raise ConfigError(f"--sync {self.sync!r} is not one of {', '.join(SYNC_POLICIES)}")
+        for name, port in (("--port", self.port), ("--admin-port", self.admin_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ConfigError(f"{name} {port} is not a TCP port; pass 0..65535 (0 = any)")
+        if self.max_clients < 1:
+            raise ConfigError(f"--max-clients {self.max_clients} must be at least 1")
+        if self.password is not None and not self.password:
+            raise ConfigError("--password is empty; pass a non-empty password or leave it out")
+        if self.sweep_interval_ms < 1:
+            raise ConfigError(f"sweep_interval_ms {self.sweep_interval_ms} must be >= 1")
+
+
+class ApplyPath(Protocol):
+    """Where the connections send their batches; results come back on the event loop."""
+
+    @property
+    def inflight(self) -> int:
+        """Batches submitted but not yet delivered."""
+        ...
+
+    def submit(self, items: list[tuple[kv.Batch, Done]]) -> None:
+        """Propose `items` in order; each `Done` is called on the loop with its result."""
+        ...
+
+
+class LocalApplyPath:
+    """The single-node apply path: one thread applies batches in submit order, in groups,
+    fsyncing once per group that wrote when `sync_always`."""
+
+    def __init__(self, db: DB, sm: kv.KvStateMachine, loop: asyncio.AbstractEventLoop,
+                 metrics: ServerMetrics, *, sync_always: bool,
+                 on_fatal: Callable[[BaseException], None]) -> None:
+        self._db, self._sm, self._loop, self._metrics = db, sm, loop, metrics
+        self._sync_always = sync_always
+        self._on_fatal = on_fatal
+        self._queue: deque[tuple[kv.Batch, int, Done, float]] = deque()
+        self._cv = threading.Condition(threading.Lock())
+        self._stop = False
+        self._last_ms = 0
+        self._inflight = 0  # touched on the loop thread only
+        self.room = asyncio.Event()  # set while inflight < server_apply_queue_max
+        self.room.set()
+        self.idle = asyncio.Event()  # set while nothing is in flight
+        self.idle.set()
+        self._thread = threading.Thread(target=self._run, name="keeldb-apply", daemon=True)
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def now_ms(self) -> int:
+        """The proposal time: the wall clock, never going back (expiry must not un-happen)."""
+        self._last_ms = max(self._last_ms, int(time.time() * 1000))
+        return self._last_ms
+
+    def submit(self, items: list[tuple[kv.Batch, Done]]) -> None:
+        assert not self._stop, "submit after the apply path stopped"
+        now, started = self.now_ms(), time.perf_counter()
+        with self._cv:
+            self._queue.extend((batch, now, done, started) for batch, done in items)
+            self._cv.notify()
+        self._inflight += len(items)
+        self.idle.clear()
+        if self._inflight >= limits.server_apply_queue_max:
+            self.room.clear()
+
+    async def stop(self) -> None:
+        """Apply what is queued, then end the thread."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        await asyncio.to_thread(self._thread.join)
+
+    # --- the apply thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cv:
+                    while not self._queue and not self._stop:
+                        self._cv.wait()
+                    if not self._queue:
+                        return
+                    take = min(len(self._queue), limits.server_apply_group_max)
+                    group = [self._queue.popleft() for _ in range(take)]
+                results = self._apply_group(group)
+                self._loop.call_soon_threadsafe(self._deliver, results)
+        except BaseException as exc:  # a programmer error: stop the server loudly
+            self._loop.call_soon_threadsafe(self._on_fatal, exc)
+
+    def _apply_group(self, group: list[tuple[kv.Batch, int, Done, float]]
+                     ) -> list[tuple[Done, Result, float, str]]:
+        out: list[tuple[Done, Result, float, str]] = []
+        wrote = False
+        for batch, now, done, started in group:
+            out.append((done, self._apply_one(batch, now), started,
+                        "read" if batch.read_only else "write"))
+            wrote = wrote or not batch.read_only
+        if wrote and self._sync_always:
+            began = time.perf_counter()
+            try:
+                self._db.sync()
+            except KeeldbError as exc:
+                err = ErrorReply(f"ERR fsync failed ({exc.message}); the last writes may or "
+                                 "may not be durable: check the disk and restart the server")
+                out = [(done, err, started, kind) for done, _, started, kind in out]
+            self._metrics.fsyncs.inc()
+            self._metrics.fsync_latency.observe(time.perf_counter() - began)
+        self._metrics.group_batches.observe(len(group))
+        self._metrics.applied_index.set(self._sm.applied_index)
+        return out
+
+    def _apply_one(self, batch: kv.Batch, now_ms: int) -> Result:
+        sm = self._sm
+        try:
+            if batch.read_only:
+                return sm.read_batch(batch, now_ms=now_ms)
+            return sm.apply(batch, index=sm.applied_index + 1, now_ms=now_ms)
+        except KeeldbError as exc:  # storage failed or stalled: this batch did not apply
+            return ErrorReply(f"ERR {exc.message}")
+
+    def try_inline(self, batch: kv.Batch) -> Result | None:
+        """Run `batch` now, on the loop, when that keeps every guarantee: nothing is in
+        flight (so the apply thread is idle and everything applied is durable), and the
+        batch needs no fsync (a read, or any batch unless sync=always). None = submit it."""
+        if self._inflight or self._stop or (self._sync_always and not batch.read_only):
+            return None
+        started = time.perf_counter()
+        result = self._apply_one(batch, self.now_ms())
+        self._metrics.latency.labels("read" if batch.read_only else "write").observe(
+            time.perf_counter() - started)
+        return result
+
+    # --- back on the loop ------------------------------------------------------------------
+
+    def _deliver(self, results: list[tuple[Done, Result, float, str]]) -> None:
+        now = time.perf_counter()
+        latency = self._metrics.latency
+        for done, result, started, kind in results:
+            latency.labels(kind).observe(now - started)
+            done(result)
+        self._inflight -= len(results)
+        assert self._inflight >= 0, f"apply path delivered more than submitted: {self._inflight}"
+        if self._inflight < limits.server_apply_queue_max:
+            self.room.set()
+        if not self._inflight:
+            self.idle.set()
+
+
+class _Client:
+    """One connection's socket side: the protocol state lives in `conn`."""
+
+    __slots__ = ("conn", "writer", "wake", "closing", "gone")
+
+    def __init__(self, conn: Connection, writer: asyncio.StreamWriter) -> None:
+        self.conn = conn
+        self.writer = writer
+        self.wake = asyncio.Event()  # set when input may be wanted again or we must close
+        self.closing = False  # stop reading; close after the replies already written
+        self.gone = False  # the socket is closed: late results are dropped
+
+
+class RespServer:
+    """The server process's core: `await start()`, then `await serve()` until a stop."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.check()
+        if not __debug__:
+            raise ConfigError("the server refuses to run under python -O (its invariants are "
+                              "assertions); run it without -O")
+        self.config = config
+        self.data_dir = os.path.abspath(config.data_dir)
+        self.db: DB | None = None
+        self.sm: kv.KvStateMachine | None = None
+        self.metrics = ServerMetrics(self._engine_stats)
+        self.started_at = time.time()
+        self._apply: LocalApplyPath | None = None
+        self._server: asyncio.Server | None = None
+        self._admin: AdminServer | None = None
+        self._clients: set[_Client] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._next_id = 0
+        self._closing = False
+        self._stopped = asyncio.Event()
+        self._fatal: BaseException | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_inflight = False
+        self._conn_config = ConnectionConfig(
+            password=config.password, info=self._info,
+            config={"save": "", "appendonly": "no", "maxclients": str(config.max_clients),
+                    "bind": config.host, "dir": self.data_dir})
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, then listen; on any failure nothing stays open."""
+        loop = asyncio.get_running_loop()
+        # sync=always fsyncs once per group here, so the DB itself need not fsync each write.
+        db_sync = "never" if self.config.sync == "always" else self.config.sync
+        self.db = open_db(self.data_dir, sync=db_sync)
+        try:
+            # DB has the engine calls the state machine makes (get, scan, write).
+            self.sm = kv.KvStateMachine(cast(Engine, self.db))
+            self.metrics.applied_index.set(self.sm.applied_index)
+            self._apply = LocalApplyPath(self.db, self.sm, loop, self.metrics,
+                                         sync_always=self.config.sync == "always",
+                                         on_fatal=self._fatal_error)
+            self._apply.start()
+            self._server = await asyncio.start_server(
+                self._on_client, self.config.host, self.config.port,
+                limit=limits.server_read_chunk_bytes)
+            if self.config.admin_port is not None:
+                self._admin = AdminServer(self.config.admin_port, self.metrics, self.status)
+                await self._admin.start()
+        except BaseException:
+            await self._close_store()
+            raise
+        self._sweeper = loop.create_task(self._sweep_loop())
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the server is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def admin_port(self) -> int | None:
+        return None if self._admin is None else self._admin.port
+
+    def ready_line(self) -> str:
+        admin = "off" if self._admin is None else f"http://127.0.0.1:{self.admin_port}"
+        return (f"keeldb serving redis://{self.config.host}:{self.port} admin={admin} "
+                f"data={self.data_dir} sync={self.config.sync} node={self.config.node_id}")
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def serve(self) -> None:
+        """Run until `request_stop` (SIGTERM/SIGINT when installed), then shut down cleanly.
+        Re-raises an apply-thread failure after shutdown."""
+        await self._stopped.wait()
+        await self.shutdown()
+        if self._fatal is not None:
+            raise self._fatal
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def _fatal_error(self, exc: BaseException) -> None:
+        print(f"keeldb serve: apply thread failed: {exc!r}", file=sys.stderr, flush=True)
+        self._fatal = exc
+        self._stopped.set()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight batches finish and their replies go out (bounded by
+        server_shutdown_drain_ms_max), close connections, then sync and close the store."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._admin is not None:
+            await self._admin.close()
+        for client in list(self._clients):
+            client.closing = True  # read no more requests
+            client.wake.set()
+        drain_s = limits.server_shutdown_drain_ms_max / 1000
+        if self._apply is not None and self._fatal is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._apply.idle.wait(), drain_s)
+        for client in list(self._clients):
+            client.writer.close()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=drain_s)
+        await self._close_store()
+
+    async def _close_store(self) -> None:
+        if self._apply is not None:
+            await self._apply.stop()
+            self._apply = None
+        if self.db is not None:
+            db, self.db = self.db, None
+            with contextlib.suppress(KeeldbError):
+                db.sync()  # every policy: a clean stop leaves nothing unsynced
+            db.close()
+
+    # --- connections -----------------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
+        if len(self._clients) >= self.config.max_clients:
+            self.metrics.rejected.inc()
+            writer.write(ERR_MAX_CLIENTS)
+            await _linger_close(reader, writer)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._next_id += 1
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        conn = Connection(self._next_id, self._conn_config, peer=f"{peer[0]}:{peer[1]}")
+        client = _Client(conn, writer)
+        writer.transport.set_write_buffer_limits(high=limits.server_reply_high_water_bytes)
+        self._clients.add(client)
+        self.metrics.accepted.inc()
+        self.metrics.connections.inc()
+        try:
+            await self._read_loop(client, reader)
+            if client.closing and not client.gone:  # QUIT, a protocol error or shutdown
+                await _linger_close(reader, writer)
+        except ConnectionError:
+            pass
+        finally:
+            client.gone = True
+            self._clients.discard(client)
+            self._tasks.discard(task)
+            self.metrics.connections.dec()
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _read_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
+        conn, writer = client.conn, client.writer
+        assert self._apply is not None
+        while not client.closing:
+            if not conn.wants_input:  # back-pressure: pending executes or a WATCH in flight
+                client.wake.clear()
+                await client.wake.wait()
+                continue
+            if not self._apply.room.is_set():  # the apply queue is full: every client waits
+                await self._apply.room.wait()
+                continue
+            data = await reader.read(limits.server_read_chunk_bytes)
+            if not data:
+                return
+            self._handle(client, conn.receive(data))
+            await writer.drain()  # at most server_reply_high_water_bytes of replies unsent
+
+    def _handle(self, client: _Client, outputs: list[Output]) -> None:
+        """Carry out a Connection's outputs, in order. Executes run inline while the apply
+        path allows it (see `try_inline`); once one is proposed, the later ones follow it
+        (a connection's batches apply in its request order)."""
+        assert self._apply is not None, "outputs after the apply path stopped"
+        proposals: list[tuple[kv.Batch, Done]] = []
+        work = deque(outputs)
+        while work:
+            out = work.popleft()
+            if not isinstance(out, Execute):
+                self._emit(client, out)
+                continue
+            result = None if proposals else self._apply.try_inline(out.batch)
+            if result is None:
+                proposals.append((out.batch, functools.partial(self._complete, client,
+                                                               out.ticket)))
+                continue
+            for more in client.conn.complete(out.ticket, result):
+                # Replies go out now; new executes are of requests later than those queued.
+                if isinstance(more, Execute):
+                    work.append(more)
+                else:
+                    self._emit(client, more)
+        if proposals:
+            self._apply.submit(proposals)
+        transport = client.writer.transport
+        if transport.get_write_buffer_size() > limits.server_reply_backlog_bytes_max:
+            self.metrics.dropped.inc()  # a client that does not read its replies: drop it
+            client.closing = client.gone = True
+            client.wake.set()
+            transport.abort()
+
+    def _emit(self, client: _Client, out: Send | Close) -> None:
+        if isinstance(out, Send):
+            client.writer.write(out.data)
+            self.metrics.commands.inc()
+            if out.data[:1] in (b"-", b"!"):
+                self.metrics.errors.inc()
+            return
+        assert isinstance(out, Close), f"unknown connection output {out!r}"
+        if out.protocol_error:
+            self.metrics.protocol_errors.inc()
+        client.closing = True
+        client.wake.set()
+
+    def _complete(self, client: _Client, ticket: int, result: Result) -> None:
+        if client.gone:
+            return
+        self._handle(client, client.conn.complete(ticket, result))
+        client.wake.set()
+
+    # --- expiry ----------------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        """Propose Sweep(n) now and then (Redis's active expiry); reads never delete. A sweep
+        that removed over a quarter of what it examined is followed at once by another."""
+        interval = self.config.sweep_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            sm, apply = self.sm, self._apply
+            if sm is None or apply is None or self._sweep_inflight or sm.key_count == 0:
+                continue
+            self._sweep_inflight = True
+            apply.submit([(kv.Batch((kv.Sweep(limits.server_sweep_keys),)), self._swept)])
+
+    def _swept(self, result: Result) -> None:
+        self._sweep_inflight = False
+        if isinstance(result, kv.Applied) and result.replies:
+            removed = result.replies[0]
+            assert isinstance(removed, int), f"Sweep replied {removed!r}"
+            self.metrics.expired.inc(removed)
+            if removed * 4 > limits.server_sweep_keys and self._sweeper is not None \
+                    and not self._closing:
+                self._sweep_inflight = True
+                assert self._apply is not None
+                self._apply.submit([(kv.Batch((kv.Sweep(limits.server_sweep_keys),)),
+                                     self._swept)])
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def _engine_stats(self) -> Any:
+        db = self.db
+        if db is None:
+            return None
+        with contextlib.suppress(KeeldbError):
+            return db.stats()
+        return None
+
+    def _info(self) -> dict[str, dict[str, object]]:
+        keys = self.sm.key_count if self.sm is not None else 0
+        return {
+            "server": {"tcp_port": self.port, "uptime_in_seconds": int(time.time()
+                                                                       - self.started_at),
+                       "keeldb_node_id": self.config.node_id, "keeldb_role": "standalone"},
+            "clients": {"connected_clients": len(self._clients),
+                        "maxclients": self.config.max_clients},
+            "persistence": {"keeldb_sync": self.config.sync,
+                            "keeldb_data_dir": self.data_dir},
+            "keyspace": {"db0": f"keys={keys},expires=0,avg_ttl=0"} if keys else {},
+        }
+
+    def status(self) -> dict[str, Any]:
+        """What GET /status answers."""
+        stats = self._engine_stats()
+        sm = self.sm
+        return {
+            "node_id": self.config.node_id,
+            "role": "standalone",
+            "data_dir": self.data_dir,
+            "address": f"{self.config.host}:{self.port}" if self._server else None,
+            "sync": self.config.sync,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "connections": len(self._clients),
+            "max_clients": self.config.max_clients,
+            "applied_index": sm.applied_index if sm is not None else None,
+            "keys": sm.key_count if sm is not None else None,
+            "engine": asdict(stats) if stats is not None else None,
+        }
+
+
+async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Send what is written, then FIN, and discard what the client still sends for a moment:
+    closing a socket with unread input sends a RST, which can destroy the last reply (the
+    error that says why) before the client reads it."""
+    with contextlib.suppress(ConnectionError, TimeoutError):
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        left = limits.server_linger_bytes_max
+        async with asyncio.timeout(limits.server_linger_ms / 1000):
+            while left > 0 and (chunk := await reader.read(min(left, 65536))):
+                left -= len(chunk)
+    writer.close()
+
+
+async def _main(config: ServerConfig, ready: Callable[[str], None]) -> None:
+    # The loop and the apply thread hand work to each other all the time; with the default
+    # 5 ms GIL switch interval a woken thread can wait that long for its turn.
+    sys.setswitchinterval(limits.server_gil_switch_interval_us / 1e6)
+    server = RespServer(config)
+    await server.start()
+    server.install_signal_handlers()
+    ready(server.ready_line())
+    await server.serve()
+
+
+def run(config: ServerConfig, ready: Callable[[str], None]) -> None:
+    """Serve until SIGTERM/SIGINT; `ready` gets one line with the addresses once listening."""
+    asyncio.run(_main(config, ready))

@@ -18,7 +18,9 @@ The Ready contract, mapped onto effects (docs/design/raft.md):
 
 A failed write or sync halts the node (after a failed fsync nothing is known; recover from
 the disk). After a (process) crash the page cache may still hold records that were never
-synced, so a restarted node syncs its log before it runs the core at all.
+synced (and after a failed directory fsync a rename may not be durable), so a starting node
+rewrites its log with the bytes it read (a replace: file and directory synced) before it
+runs the core at all.
 
 Clients. Writes are proposed by the node that received them: a follower's core forwards the
 proposal to the leader (we forward rather than redirect), and the receiving node replies when
@@ -190,6 +192,8 @@ class RaftNodeConfig:
     snapshot_entries: int = limits.raft_node_snapshot_entries
     keep_entries: int = limits.raft_node_keep_entries
     request_wait_ticks: int = limits.raft_node_request_wait_ms // limits.raft_node_tick_ms
+    # a request no core accepted (no leader known) fails sooner: the client may try elsewhere
+    unaccepted_wait_ticks: int = 20
     retry_ticks: int = 10  # re-propose / re-ask a read not answered after this many ticks
     pending_max: int = limits.raft_node_pending_requests_max
     sessions_max: int = limits.raft_node_sessions_max
@@ -197,13 +201,15 @@ class RaftNodeConfig:
     def __post_init__(self) -> None:
         assert self.tick_ns > 0 and self.snapshot_entries > 0 and self.keep_entries >= 0, self
         assert self.request_wait_ticks > 0 and self.retry_ticks > 0 and self.pending_max > 0
+        assert 0 < self.unaccepted_wait_ticks <= self.request_wait_ticks, self
 
 
 @dataclass(slots=True)
 class _Write:
     request_id: int
     data: bytes
-    deadline: int  # in ticks
+    born: int  # in ticks
+    deadline: int
     proposed: bool = False
     tried_at: int = -1
 
@@ -212,6 +218,7 @@ class _Write:
 class _Read:
     request_id: int
     command: bytes
+    born: int
     deadline: int
     index: int | None = None  # the read index, once confirmed
     asked: bool = False
@@ -281,6 +288,8 @@ class RaftNode:
         self.id = ev.node
         rec = recover(ev.files)
         out: list[Effect] = []
+        if ev.files.get(SUSPECT_FILE) and not rec.problem:
+            out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
         if rec.problem:
             if ev.files.get(SUSPECT_FILE) != rec.fingerprint:
                 # Maybe a transient read error: note what we saw, halt, read again.
@@ -291,8 +300,9 @@ class RaftNode:
                     f"node {ev.node!r}: {rec.where} is corrupt (read twice, same bytes); it may "
                     "hold acknowledged entries, so the node will not start: restore its data "
                     "directory from a healthy peer", path=rec.where)
-            storage = recover_prefix(ev.files, rec.log_valid)  # a torn tail: never synced
-            self.dlog = DurableLog(storage)
+            self.dlog = DurableLog(recover_prefix(ev.files, rec.log_valid))
+            out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
+            # The torn tail was never synced: cut it (the replace below writes the prefix).
             out.append(Persist(self._next_op(), LOG_FILE, ev.files[LOG_FILE][:rec.log_valid],
                                replace=True))
         elif rec.empty:
@@ -300,15 +310,20 @@ class RaftNode:
             out += self._persists(writes)
         else:
             self.dlog = DurableLog(rec.storage)
-            if not ev.files.get(LOG_FILE):
+            if ev.files.get(LOG_FILE):
+                # Make what we read durable before acting on it: after a process crash the
+                # page cache may hold unsynced records, and after a failed op the directory
+                # entry of a renamed file may not be durable. A replace syncs both.
+                out.append(Persist(self._next_op(), LOG_FILE, ev.files[LOG_FILE],
+                                   replace=True))
+            else:
                 out += self._persists(self.dlog.rewrite())  # appends need the base record
-        if ev.files.get(SUSPECT_FILE):
-            out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
         st = self.dlog.storage
         # Unique per incarnation: entries of an earlier incarnation never match our seqs.
         self.session = f"{ev.node}@{ev.now_ns}.{st.hard_state.term}.{st.last_index()}"
-        out.append(Sync(self._next_op(), LOG_FILE))
-        self.start_sync = out[-1].op  # type: ignore[union-attr]
+        last = out[-1]
+        assert isinstance(last, Persist) and last.file == LOG_FILE and last.replace, last
+        self.start_sync = last.op  # the core runs once this replace is durable
         self.state = "recovering"
         return out
 
@@ -386,7 +401,7 @@ class RaftNode:
                 kind, value = self.sessions.sm.read(command)
                 return [Reply(req.request_id, "ok" if kind == "ok" else "fail", value)]
             ctx = f"{self.session}#{req.request_id}".encode()
-            self.reads[ctx] = _Read(req.request_id, command, deadline)
+            self.reads[ctx] = _Read(req.request_id, command, self.ticks, deadline)
             self._ask_read(ctx)
         else:
             if len(command) > limits.raft_entry_bytes_max - ENTRY_OVERHEAD_BYTES:
@@ -397,7 +412,7 @@ class RaftNode:
             self.seq += 1
             low = min(self.writes, default=self.seq)
             data = Sessions.encode(self.session, self.seq, low, command)
-            self.writes[self.seq] = _Write(req.request_id, data, deadline)
+            self.writes[self.seq] = _Write(req.request_id, data, self.ticks, deadline)
             self._propose(self.seq)
         return self._pump()
 
@@ -427,8 +442,9 @@ class RaftNode:
 
     def _retry_or_expire(self) -> list[Effect]:
         out: list[Effect] = []
+        unaccepted = self.cfg.unaccepted_wait_ticks
         for seq, w in list(self.writes.items()):
-            if self.ticks >= w.deadline:
+            if self.ticks >= w.deadline or (not w.proposed and self.ticks - w.born >= unaccepted):
                 del self.writes[seq]
                 if w.proposed:
                     out.append(Reply(w.request_id, "info", error="no commit in time; the write "
@@ -438,7 +454,7 @@ class RaftNode:
             elif not w.proposed or self.ticks - w.tried_at >= self.cfg.retry_ticks:
                 self._propose(seq)
         for ctx, r in list(self.reads.items()):
-            if self.ticks >= r.deadline:
+            if self.ticks >= r.deadline or (not r.asked and self.ticks - r.born >= unaccepted):
                 del self.reads[ctx]
                 out.append(Reply(r.request_id, "fail", error="read not confirmed in time; retry"))
             elif r.index is None and (not r.asked

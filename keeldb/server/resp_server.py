@@ -93,11 +93,17 @@ class ApplyPath(Protocol):
         ...
 
 
+class Syncable(Protocol):
+    def sync(self) -> None:
+        """Make every write so far durable (the embedded DB's WAL fsync)."""
+        ...
+
+
 class LocalApplyPath:
     """The single-node apply path: one thread applies batches in submit order, in groups,
     fsyncing once per group that wrote when `sync_always`."""
 
-    def __init__(self, db: DB, sm: kv.KvStateMachine, loop: asyncio.AbstractEventLoop,
+    def __init__(self, db: Syncable, sm: kv.KvStateMachine, loop: asyncio.AbstractEventLoop,
                  metrics: ServerMetrics, *, sync_always: bool,
                  on_fatal: Callable[[BaseException], None]) -> None:
         self._db, self._sm, self._loop, self._metrics = db, sm, loop, metrics

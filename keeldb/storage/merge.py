@@ -80,9 +80,13 @@ class VisibleMerger:
         out = self._pending
         self._pending = []
         seq = self._seq
-        want = n + 1
+        # Per round, each source gives about its share of what is still missing (plus slack):
+        # with k sources of evenly spread keys a page of n then costs ~n entries, not k*n.
+        k = len(self._sources)
+        want = 0
         while len(out) < n and not self.exhausted:
-            taken, final = self._round(max(want, n - len(out) + 1))
+            share = (n - len(out)) // k + 16
+            taken, final = self._round(max(want, share))
             if taken:
                 if max(map(_seq_of, taken)) > seq:  # newer than the snapshot: invisible
                     taken = [e for e in taken if e[1] <= seq]
@@ -93,9 +97,9 @@ class VisibleMerger:
                 if self._reverse:
                     pairs.reverse()
                 out += pairs
-                want = n + 1
+                want = 0
             elif not final:
-                want *= 2  # every buffered entry sits at the cut key: read further
+                want = 2 * max(want, share)  # everything buffered sits at the cut key
             if final:
                 self.exhausted = True
         if len(out) > n:

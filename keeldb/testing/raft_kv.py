@@ -26,7 +26,7 @@ SNAPSHOT_FORMAT = 1
 # and frequent snapshots, so every run also exercises compaction and snapshot install.
 SIM_CONFIG = RaftNodeConfig(tick_ns=5 * MS, election_ticks=10, heartbeat_ticks=1,
                             snapshot_entries=64, keep_entries=8, request_wait_ticks=60,
-                            retry_ticks=10)
+                            unaccepted_wait_ticks=12, retry_ticks=10)
 
 
 class KvStateMachine:

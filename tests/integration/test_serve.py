@@ -6,6 +6,7 @@ names the ports. Every process started here is stopped by its PID in teardown.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -21,6 +22,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,7 +42,7 @@ class Server:
     admin: int
     data: Path
 
-    def client(self, **kwargs: object) -> redis.Redis:
+    def client(self, **kwargs: Any) -> Any:  # a redis.Redis
         return redis.Redis(port=self.port, retry=Retry(NoBackoff(), 0), socket_timeout=20,
                            **kwargs)
 
@@ -372,3 +374,55 @@ def test_sigterm_syncs_and_closes_the_store(launch: Callable[..., Server]) -> No
     assert r.get("s:last") == b"x" and r.get("s:499") == b"499"
     r.close()
     assert again.stop(signal.SIGINT) == 0
+
+
+# --- the apply path in-process: no reply before its fsync -----------------------------------
+
+
+def test_local_apply_path_replies_only_after_the_covering_fsync() -> None:
+    """A SIGKILL cannot tell an fsynced write from one in the page cache, so the ordering
+    "apply, fsync, then reply" is checked here with a recording stand-in for the store."""
+    from keeldb.node.kvstate import Applied, Batch, Get, KvStateMachine, Set
+    from keeldb.server.admin_http import ServerMetrics
+    from keeldb.server.resp_server import LocalApplyPath
+    from keeldb.storage.memory import MemoryEngine
+
+    events: list[tuple[str, int]] = []
+    sm = KvStateMachine(MemoryEngine())
+
+    class RecordingStore:
+        def sync(self) -> None:
+            events.append(("sync", sm.applied_index))
+
+    async def main() -> None:
+        fatal: list[BaseException] = []
+        path = LocalApplyPath(RecordingStore(), sm, asyncio.get_running_loop(),
+                              ServerMetrics(lambda: None), sync_always=True,
+                              on_fatal=fatal.append)
+        path.start()
+        assert path.try_inline(Batch((Set(b"x", b"1"),))) is None  # a write needs its fsync
+        read = path.try_inline(Batch((Get(b"x"),)))  # idle: a read runs at once
+        assert isinstance(read, Applied) and read.replies == (None,)
+
+        def on_reply(n: int) -> Callable[[object], None]:
+            return lambda result: events.append(("reply", n))
+
+        for chunk in range(10):
+            path.submit([(Batch((Set(b"k%d" % n, b"v"),)), on_reply(n))
+                         for n in range(chunk * 5, chunk * 5 + 5)])
+            assert path.try_inline(Batch((Get(b"x"),))) is None  # writes in flight: queue it
+            await asyncio.sleep(0)
+        await path.idle.wait()
+        await path.stop()
+        assert not fatal
+
+    asyncio.run(main())
+    synced = 0
+    replies = 0
+    for kind, n in events:
+        if kind == "sync":
+            synced = n
+        else:
+            assert n + 1 <= synced, f"write {n} (index {n + 1}) answered before its fsync"
+            replies += 1
+    assert replies == 50 and sm.applied_index == 50

@@ -18,7 +18,10 @@ DEFAULT_SEEDS = range(1, 41)
 # Seeds that once failed, with what they found:
 # 4, 39, 40: a crash between the first snapshot write and the first log write left no log;
 #            recovery refused to start ("no base record") instead of bootstrapping again.
-REGRESSION_SEEDS = (4, 39, 40)
+# 528: a failed directory fsync left the log's rename undurable; a later power loss removed the
+#      whole log (term and vote too) and a leader of a lost term resurfaced. Now every start
+#      makes the files it read durable (a replace syncs file and directory) before running.
+REGRESSION_SEEDS = (4, 39, 40, 528)
 
 
 def _check(seed: int, workload: str = "register", faults: str | None = None) -> None:

@@ -35,6 +35,7 @@ from keeldb.errors import (
 
 if TYPE_CHECKING:
     from keeldb.embedded import DB, Snapshot, WriteBatch, open
+    from keeldb.txn import Transaction, transactional
 
 __version__ = "0.1.0"
 
@@ -54,15 +55,18 @@ __all__ = [
     "RetryableError",
     "Snapshot",
     "StorageIOError",
+    "Transaction",
     "TransactionConflict",
     "UsageError",
     "WriteBatch",
     "WriteStallError",
     "__version__",
     "open",
+    "transactional",
 ]
 
 _LAZY = {"open", "DB", "Snapshot", "WriteBatch"}
+_LAZY_TXN = {"Transaction", "transactional"}
 
 
 def __getattr__(name: str) -> Any:
@@ -70,4 +74,8 @@ def __getattr__(name: str) -> Any:
         from keeldb import embedded
 
         return getattr(embedded, name)
+    if name in _LAZY_TXN:
+        from keeldb import txn
+
+        return getattr(txn, name)
     raise AttributeError(f"module 'keeldb' has no attribute {name!r}")

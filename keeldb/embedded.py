@@ -54,6 +54,7 @@ from keeldb.storage.engine import (
 )
 from keeldb.storage.lsm import LsmEngine
 from keeldb.storage.memory import MemoryEngine
+from keeldb.txn.local import Transaction, TransactionManager
 from keeldb.types import SYNC_POLICIES
 
 LOCK_FILE = "LOCK"
@@ -220,6 +221,8 @@ class DB:
             raise ConfigError(f"no store at {self.path!r}; pass create=True to make one")
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
+        self._txns: TransactionManager | None = None  # created by the first transaction()
+        self._txn_init_lock = threading.Lock()
         self._mu = threading.RLock()  # engine state (versions, snapshots)
         self._read_mu = threading.Lock()  # shared table/block caches
         self._flush_lock = threading.Lock()  # one flush step at a time
@@ -466,6 +469,23 @@ class DB:
     def snapshot(self) -> Snapshot:
         self._check_open()
         return Snapshot(self, self.engine.snapshot())
+
+    def transaction(self, isolation: str = "serializable") -> Transaction:
+        """Begin an MVCC transaction (`read_committed`, `snapshot` or `serializable`).
+
+        Use it as a context manager: it commits on a clean exit and rolls back on an
+        exception. Transactional keys live in their own keyspace; see docs/transactions.md.
+        """
+        self._check_open()
+        with self._txn_init_lock:
+            if self._txns is None:
+                self._txns = TransactionManager(self, lock=threading.Lock(),
+                                                clock=time.monotonic, sleep=time.sleep)
+        return self._txns.begin(isolation)
+
+    def sleep(self, seconds: float) -> None:
+        """How `keeldb.transactional(db)` waits between retries (a port tests can replace)."""
+        time.sleep(seconds)
 
     # --- maintenance -------------------------------------------------------------------------
     def stats(self) -> Stats:

@@ -147,7 +147,8 @@ def decode_records(data: bytes, name: str) -> tuple[list[Any], int, str]:
     Returns (records, valid, problem): `valid` is the length of the prefix of whole, intact
     records and `problem` is "" (all of `data` is valid), "torn" (the bytes after `valid` are
     one incomplete last record: what a power loss in the middle of an append leaves) or
-    "corrupt" (a record that is complete but fails its checksum or format).
+    "corrupt" (a record that is complete but fails its checksum or format). A tail of zero
+    bytes is "torn" too: a file system may extend a file before the data reaches it.
     """
     out: list[Any] = []
     pos = 0
@@ -158,18 +159,24 @@ def decode_records(data: bytes, name: str) -> tuple[list[Any], int, str]:
         size, crc = RECORD_HEADER.unpack_from(data, pos)
         end = pos + RECORD_HEADER.size + size
         if size > RECORD_BYTES_MAX:
-            return out, pos, "corrupt"
+            return out, pos, _damage(data, pos)
         if end > n:
             return out, pos, "torn"
         payload = data[pos + RECORD_HEADER.size:end]
         if crc32c.crc32c(payload) != crc:
             # The last record torn inside its payload looks the same as a flipped bit in it.
-            return out, pos, "torn" if end == n else "corrupt"
+            return out, pos, "torn" if end == n else _damage(data, pos)
         try:
             out.append(_unpack(payload))
         except (ValueError, TypeError) as exc:
+            if not any(data[pos:]):
+                return out, pos, "torn"
             raise CorruptionError(f"{name}: record at offset {pos} passes its checksum but does "
                                   f"not decode ({exc}); restore the node from a peer",
                                   path=name, offset=pos) from exc
         pos = end
     return out, pos, ""
+
+
+def _damage(data: bytes, pos: int) -> str:
+    return "corrupt" if any(data[pos:]) else "torn"

@@ -2,8 +2,12 @@
 
 Record layout (little-endian)::
 
-    u32 payload_length | u32 crc32c(payload) | payload
+    u32 payload_length | u32 crc32c(payload) | u32 crc32c(first 8 header bytes) | payload
     payload = msgpack([seq, [[kind, key, value], ...]])
+
+The header carries its own checksum so a flipped bit in a length field is recognised as
+corruption: without it a middle record whose length grew past the end of the file would look
+like a torn tail, and every later acknowledged record would be dropped silently.
 
 A batch is one record, so it is written with one `append` and is either wholly in the log or
 wholly absent after a crash. Recovery (`read_wal`) distinguishes a *torn tail* -- the last
@@ -25,8 +29,9 @@ from keeldb import limits
 from keeldb.errors import CorruptionError, LimitExceededError
 from keeldb.ports import Disk, File
 
-HEADER = struct.Struct("<II")
+HEADER = struct.Struct("<III")
 HEADER_BYTES = HEADER.size
+_LEN_CRC = struct.Struct("<II")
 # Smallest valid payload: msgpack of [seq, []] is at least 3 bytes.
 PAYLOAD_BYTES_MIN = 3
 
@@ -47,7 +52,8 @@ def encode_record(seq: int, ops: list[tuple[int, bytes, bytes]]) -> bytes:
             f"WAL record of {len(payload)} bytes is over wal_record_bytes_max="
             f"{limits.wal_record_bytes_max}; split the batch"
         )
-    return HEADER.pack(len(payload), crc32c(payload)) + payload
+    head = _LEN_CRC.pack(len(payload), crc32c(payload))
+    return head + crc32c(head).to_bytes(4, "little") + payload
 
 
 class WalWriter:
@@ -109,9 +115,11 @@ def parse_wal(data: bytes, name: str) -> tuple[list[Batch], int]:
             bad = "incomplete header"
             length = 0
         else:
-            length, crc = unpack_header(data, offset)
+            length, crc, head_crc = unpack_header(data, offset)
             end = offset + HEADER_BYTES + length
-            if length < PAYLOAD_BYTES_MIN or length > limits.wal_record_bytes_max:
+            if crc32c(data[offset : offset + 8]) != head_crc:
+                bad = "header checksum mismatch"
+            elif length < PAYLOAD_BYTES_MIN or length > limits.wal_record_bytes_max:
                 bad = "impossible length"
             elif end > size:
                 bad = "incomplete record"
@@ -120,10 +128,11 @@ def parse_wal(data: bytes, name: str) -> tuple[list[Batch], int]:
         if bad:
             if bad == "checksum mismatch":
                 after = data[end:]  # a torn last record has nothing but zeros after it
-            elif bad == "impossible length":
-                after = data[offset:]
+            elif bad in ("impossible length", "header checksum mismatch"):
+                after = data[offset + HEADER_BYTES :]
             else:
-                after = b""  # incomplete: the record runs past the end of the file
+                # incomplete header, or a trusted length running past the end of the file
+                after = b""
             if not after.strip(b"\0"):
                 return batches, offset
             raise CorruptionError(

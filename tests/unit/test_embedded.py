@@ -253,3 +253,28 @@ def test_package_exports_the_api() -> None:
     assert keeldb.open is keeldb.embedded.open  # type: ignore[attr-defined]
     for name in ("DB", "Snapshot", "WriteBatch"):
         assert getattr(keeldb, name) is getattr(keeldb.embedded, name)  # type: ignore[attr-defined]
+
+
+def test_transactions_through_the_embedded_db(tmp_path: Path) -> None:
+    """db.transaction() and keeldb.transactional(db) reach the MVCC layer and survive reopen."""
+    import threading
+
+    with keeldb.open(str(tmp_path / "db")) as db:
+        with db.transaction() as tx:
+            tx.put(b"a", b"1")
+        with db.transaction("snapshot") as tx:
+            assert tx.get(b"a") == b"1"
+
+        @keeldb.transactional(db)
+        def incr(tx: keeldb.Transaction) -> None:
+            tx.put(b"n", str(int(tx.get(b"n") or b"0") + 1).encode())
+
+        threads = [threading.Thread(target=lambda: [incr() for _ in range(25)]) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with db.transaction() as tx:
+            assert tx.get(b"n") == b"100"  # no lost update at serializable
+    with keeldb.open(str(tmp_path / "db")) as db, db.transaction() as tx:
+        assert tx.get(b"n") == b"100"

@@ -264,8 +264,10 @@ def test_a_damaged_log_is_read_twice_then_a_torn_tail_is_cut() -> None:
     (suspect,) = effects
     assert isinstance(suspect, Persist) and suspect.file == SUSPECT_FILE
     assert isinstance(n.step(PersistDone(suspect.op))[0], Halt)
-    # the same bytes again: a torn tail for real; it is cut and the node recovers
-    n2, effects2 = _start({**files, SUSPECT_FILE: suspect.data})
+    n1, (again,) = _start({**files, SUSPECT_FILE: suspect.data})  # seen twice: not yet
+    assert n1.state == "halting" and isinstance(again, Persist) and again.data.endswith(b"#2")
+    # the same bytes a third time: a torn tail for real; it is cut and the node recovers
+    n2, effects2 = _start({**files, SUSPECT_FILE: again.data})
     assert n2.state == "recovering"
     cut = [e for e in effects2 if isinstance(e, Persist) and e.file == LOG_FILE]
     assert cut and cut[0].replace and cut[0].data == files[LOG_FILE][:-len(torn)]
@@ -278,7 +280,7 @@ def test_a_corrupt_log_read_twice_refuses_to_start() -> None:
     log[12] ^= 0x40  # inside the first record, with whole records after it
     files[LOG_FILE] = bytes(log)
     with pytest.raises(CorruptionError, match="corrupt"):
-        _start({**files, SUSPECT_FILE: fingerprint(files)})
+        _start({**files, SUSPECT_FILE: fingerprint(files) + b"#2"})
 
 
 def test_an_oversized_write_is_refused_at_the_node() -> None:

@@ -92,3 +92,10 @@ def test_a_bad_record_before_good_ones_is_corrupt() -> None:
     bad[-1] ^= 0x01
     _, valid, problem = codec.decode_records(bytes(bad) + b, "f")
     assert (valid, problem) == (0, "corrupt")
+
+
+def test_a_zero_filled_tail_is_torn() -> None:
+    good = codec.encode_record([1, 2])
+    for zeros in (3, 8, 9, 64):
+        recs, valid, problem = codec.decode_records(good + bytes(zeros), "f")
+        assert (recs, valid, problem) == ([[1, 2]], len(good), "torn")

@@ -87,3 +87,22 @@ def test_parse_reports_valid_prefix() -> None:
     data = encode_record(1, [(KIND_PUT, b"a", b"1")])
     batches, valid = parse_wal(data + data[:5], "x.log")
     assert len(batches) == 1 and valid == len(data)
+
+
+def test_a_flipped_length_in_a_middle_record_is_corruption_not_a_torn_tail() -> None:
+    """The header checksum tells a damaged length from a record cut short by a crash."""
+    records = [encode_record(seq, [(1, b"k%d" % seq, b"v" * 50)]) for seq in range(1, 6)]
+    data = bytearray(b"".join(records))
+    middle = len(records[0]) + len(records[1])
+    data[middle + 2] ^= 0x40  # the length now claims megabytes: past the end of the file
+    with pytest.raises(CorruptionError) as info:
+        parse_wal(bytes(data), "000001.log")
+    assert info.value.offset == middle
+
+
+def test_a_torn_last_header_is_still_truncated() -> None:
+    records = [encode_record(seq, [(1, b"k", b"v")]) for seq in range(1, 4)]
+    data = b"".join(records)
+    batches, valid = parse_wal(data[:-len(records[-1]) + 5], "000001.log")
+    assert [seq for seq, _ in batches] == [1, 2]
+    assert valid == len(records[0]) + len(records[1])

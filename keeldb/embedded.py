@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import socket
 import threading
@@ -33,6 +34,7 @@ from keeldb import limits
 from keeldb.errors import (
     ClosedError,
     ConfigError,
+    InvalidKeyError,
     KeeldbError,
     LimitExceededError,
     LockedError,
@@ -50,10 +52,12 @@ from keeldb.storage.engine import (
     VerifyReport,
     check_key,
     check_ops,
+    check_scan_args,
     check_value,
 )
 from keeldb.storage.lsm import LsmEngine
 from keeldb.storage.memory import MemoryEngine
+from keeldb.storage.mvcc import NAMESPACE as MVCC_NAMESPACE
 from keeldb.txn.local import Transaction, TransactionManager
 from keeldb.types import SYNC_POLICIES
 
@@ -111,7 +115,7 @@ class Snapshot:
     def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self._db._check_open()
-        return self._snap.scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+        return _user_scan(self._snap.scan, start, end, reverse, limit)
 
     def close(self) -> None:
         if not self._db._closed:
@@ -122,6 +126,52 @@ class Snapshot:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# The transaction layer's keyspace: hidden from plain scans, refused by plain writes.
+_RESERVED = MVCC_NAMESPACE
+_RESERVED_END = MVCC_NAMESPACE[:-1] + bytes([MVCC_NAMESPACE[-1] + 1])
+
+
+def _refuse_reserved(key: bytes) -> None:
+    raise InvalidKeyError(
+        f"keys beginning with {_RESERVED!r} are reserved for transactions; "
+        "use db.transaction() to write transactional data, or pick another prefix")
+
+
+def _user_scan(scan: Any, start: bytes | None, end: bytes | None, reverse: bool,
+               limit: int | None) -> Iterator[tuple[bytes, bytes]]:
+    """`scan` over [start, end) with the reserved keyspace cut out."""
+    check_scan_args(start, end, limit)  # fail now, not when the chained scan is first read
+    overlaps = (start is None or start < _RESERVED_END) and (end is None or end > _RESERVED)
+    if not overlaps:
+        return scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+    below = (start, min(end, _RESERVED) if end is not None else _RESERVED)
+    above = (max(start, _RESERVED_END) if start is not None else _RESERVED_END, end)
+    parts = [r for r in (below, above) if r[1] is None or r[0] is None or r[0] < r[1]]
+    if reverse:
+        parts.reverse()
+    chained = itertools.chain.from_iterable(scan(lo, hi, reverse, limit) for lo, hi in parts)
+    return itertools.islice(chained, limit) if limit is not None else chained
+
+
+class _TxnStore:
+    """The transaction layer's view of a DB: its raw write and unfiltered reads."""
+
+    def __init__(self, db: DB) -> None:
+        self._db = db
+
+    def get(self, key: bytes) -> bytes | None:
+        self._db._check_open()
+        return self._db.engine.get(key)  # type: ignore[no-any-return]
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._db._check_open()
+        return self._db.engine.scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+
+    def write(self, ops: list[tuple[int, bytes, bytes]]) -> int:
+        return self._db.write(ops)
 
 
 class WriteBatch:
@@ -139,6 +189,8 @@ class WriteBatch:
             key = check_key(key)
         if type(value) is not bytes or len(value) > limits.value_bytes_max:
             value = check_value(value)
+        if key[:1] == b"\0" and key.startswith(_RESERVED):
+            _refuse_reserved(key)
         ops = self._ops
         size = self._bytes + len(key) + len(value)
         if self._done or len(ops) >= limits.batch_ops_max or size > limits.batch_bytes_max:
@@ -148,7 +200,10 @@ class WriteBatch:
         ops.append((KIND_PUT, key, value))
 
     def delete(self, key: bytes) -> None:
-        self._add(KIND_DELETE, check_key(key), b"")
+        key = check_key(key)
+        if key.startswith(_RESERVED):
+            _refuse_reserved(key)
+        self._add(KIND_DELETE, key, b"")
 
     def _add(self, kind: int, key: bytes, value: bytes) -> None:
         if self._done:
@@ -222,6 +277,8 @@ class DB:
         os.makedirs(self.path, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         self._txns: TransactionManager | None = None  # created by the first transaction()
+        # The unfiltered view a TransactionManager works on (plain scans hide its keyspace).
+        self.txn_store = _TxnStore(self)
         self._txn_init_lock = threading.Lock()
         self._mu = threading.RLock()  # engine state (versions, snapshots)
         self._read_mu = threading.Lock()  # shared table/block caches
@@ -265,15 +322,23 @@ class DB:
             key = check_key(key)
         if type(value) is not bytes or len(value) > limits.value_bytes_max:
             value = check_value(value)
+        if key[:1] == b"\0" and key.startswith(_RESERVED):
+            _refuse_reserved(key)
         self._write([(KIND_PUT, key, value)], len(key) + len(value))
 
     def delete(self, key: bytes) -> None:
         if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
             key = check_key(key)
+        if key.startswith(_RESERVED):
+            _refuse_reserved(key)
         self._write([(KIND_DELETE, key, b"")], len(key))
 
     def write(self, ops: list[tuple[int, bytes, bytes]]) -> int:
-        """Apply raw `(kind, key, value)` ops atomically; returns the batch's seq."""
+        """Apply raw `(kind, key, value)` ops atomically; returns the batch's seq.
+
+        The raw path the transaction layer commits through: it does not refuse the reserved
+        transactional keyspace, so do not write keys beginning with it here.
+        """
         ops = list(ops)
         return self._write(ops, check_ops(ops))
 
@@ -464,7 +529,7 @@ class DB:
     def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self._check_open()
-        return self.engine.scan(start, end, reverse, limit)  # type: ignore[no-any-return]
+        return _user_scan(self.engine.scan, start, end, reverse, limit)
 
     def snapshot(self) -> Snapshot:
         self._check_open()
@@ -479,7 +544,7 @@ class DB:
         self._check_open()
         with self._txn_init_lock:
             if self._txns is None:
-                self._txns = TransactionManager(self, lock=threading.Lock(),
+                self._txns = TransactionManager(self.txn_store, lock=threading.Lock(),
                                                 clock=time.monotonic, sleep=time.sleep)
         return self._txns.begin(isolation)
 

@@ -309,7 +309,8 @@ class RaftNode:
                 return [Persist(self._next_op(), SUSPECT_FILE, note, replace=True)]
             if rec.problem != "torn":
                 raise CorruptionError(
-                    f"node {ev.node!r}: {rec.where} is corrupt (read twice, same bytes); it may "
+                    f"node {ev.node!r}: {rec.where} is corrupt (read {DAMAGE_CONFIRM_READS} times, "
+                    "same bytes); it may "
                     "hold acknowledged entries, so the node will not start: restore its data "
                     "directory from a healthy peer", path=rec.where)
             self.dlog = DurableLog(recover_prefix(ev.files, rec.log_valid))

@@ -94,7 +94,9 @@ class TransactionManager:
                 f"gc_every_commits={gc_every_commits!r} must be between 1 and "
                 f"{limits.txn_commits_behind_max} (txn_commits_behind_max)"
             )
-        self.store = store
+        # An embedded DB hides the transactional keyspace from plain reads and offers the
+        # unfiltered view as `txn_store`; engines are used as they are.
+        self.store = getattr(store, "txn_store", store)
         self.clock = clock  # monotonic seconds; None: age is measured in commits only
         self.sleep = sleep  # how `transactional` waits between retries
         self._lock: AbstractContextManager[Any] = lock if lock is not None else _SingleThread()

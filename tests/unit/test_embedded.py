@@ -278,3 +278,28 @@ def test_transactions_through_the_embedded_db(tmp_path: Path) -> None:
             assert tx.get(b"n") == b"100"  # no lost update at serializable
     with keeldb.open(str(tmp_path / "db")) as db, db.transaction() as tx:
         assert tx.get(b"n") == b"100"
+
+
+def test_the_transactional_keyspace_is_hidden_from_plain_reads_and_writes(tmp_path: Path) -> None:
+    from keeldb.errors import InvalidKeyError
+    from keeldb.storage.mvcc import NAMESPACE
+
+    with keeldb.open(str(tmp_path / "db")) as db:
+        db.put(b"a", b"1")
+        db.put(b"\xff", b"2")
+        with db.transaction() as tx:
+            tx.put(b"x", b"3")
+        assert list(db.scan()) == [(b"a", b"1"), (b"\xff", b"2")]
+        assert list(db.scan(reverse=True)) == [(b"\xff", b"2"), (b"a", b"1")]
+        assert list(db.scan(limit=1, reverse=True)) == [(b"\xff", b"2")]
+        assert list(db.scan(start=NAMESPACE, end=NAMESPACE + b"\xff")) == []
+        with db.snapshot() as snap:
+            assert list(snap.scan()) == [(b"a", b"1"), (b"\xff", b"2")]
+        with pytest.raises(InvalidKeyError, match="reserved for transactions"):
+            db.put(NAMESPACE + b"vx", b"oops")
+        with pytest.raises(InvalidKeyError, match="reserved"):
+            db.delete(NAMESPACE + b"m")
+        with pytest.raises(InvalidKeyError, match="reserved"), db.write_batch() as wb:
+            wb.put(NAMESPACE + b"m", b"0")
+        with db.transaction() as tx:
+            assert tx.get(b"x") == b"3"

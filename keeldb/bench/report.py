@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -69,7 +70,7 @@ def markdown(result: dict[str, Any]) -> str:
         trows = []
         for t in result["targets"]:
             if t["ratio"] is not None:
-                got = _x(t["ratio"])
+                got = _x(math.floor(t["ratio"] * 100) / 100)  # never rounds up to a target
             elif t.get("value_bytes") is not None:
                 got = f"{t['value_bytes'] / 1e6:,.0f} MB"
             else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -89,7 +90,7 @@ def render(result: dict[str, Any], out: Console) -> None:
             tg.add_column(col)
         for row in result["targets"]:
             if row["ratio"] is not None:
-                measured = _fmt_ratio(row["ratio"])
+                measured = _fmt_ratio(math.floor(row["ratio"] * 100) / 100)  # never rounds up
             elif row.get("value_bytes") is not None:
                 measured = f"{row['value_bytes'] / 1e6:,.0f} MB"
             else:

@@ -175,16 +175,18 @@ class DurableLog:
 
     def rewrite(self) -> list[Write]:
         """Both files from scratch: the snapshot, then the log (base, hard state, entries)."""
-        st = self.storage
-        snap = st.snapshot()
-        base = st.first_index() - 1
-        ents = st.entries(base + 1, st.last_index() + 1, 1 << 62) if st.last_index() > base \
-            else []
-        data = _log_records((base, st.term(base)), st.hard_state)
-        if ents:
-            data += _entries_record(ents)
+        snap = self.storage.snapshot()
         return [Write(SNAP_FILE, codec.encode_record(codec.snapshot_to_plain(snap)), True),
-                Write(LOG_FILE, data, True)]
+                Write(LOG_FILE, self.log_image(), True)]
+
+    def log_image(self) -> bytes:
+        """`raft.log` as it should be for the current storage: base, hard state, entries."""
+        st = self.storage
+        base = st.first_index() - 1
+        data = _log_records((base, st.term(base)), st.hard_state)
+        if st.last_index() > base:
+            data += _entries_record(st.entries(base + 1, st.last_index() + 1, 1 << 62))
+        return data
 
     def ready_writes(self, rd: Ready) -> list[Write]:
         """The writes of one Ready (the node follows them with one Sync of `LOG_FILE`)."""

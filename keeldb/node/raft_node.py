@@ -9,7 +9,8 @@ The Ready contract, mapped onto effects (docs/design/raft.md):
 1. `rd.messages` -> `Send` at once;
 2. snapshot, entries and hard state -> `Persist` records of `raft.log` (and a replace of
    `raft.snap`), then ONE `Sync(op=k)` of the log (group commit: everything proposed since the
-   last batch shares it);
+   last batch shares it). A batch that only moves the commit index is written without a
+   sync and handled at once (a lost commit index is learned again; etcd does the same);
 3. `rd.messages_after_persist` -> `Send(..., after=k)`;
 4. when `SyncDone(k)` arrives: the storage the core reads is updated, committed entries are
    applied (`Apply`), client replies go out, read states are served, then `advance(rd)`.
@@ -309,28 +310,23 @@ class RaftNode:
                 return [Persist(self._next_op(), SUSPECT_FILE, note, replace=True)]
             if rec.problem != "torn":
                 raise CorruptionError(
-                    f"node {ev.node!r}: {rec.where} is corrupt (read {DAMAGE_CONFIRM_READS} times, "
-                    "same bytes); it may "
-                    "hold acknowledged entries, so the node will not start: restore its data "
-                    "directory from a healthy peer", path=rec.where)
+                    f"node {ev.node!r}: {rec.where} is corrupt (the same bytes read "
+                    f"{DAMAGE_CONFIRM_READS} times); it may hold acknowledged entries, so the "
+                    "node will not start: restore its data directory from a healthy peer",
+                    path=rec.where)
             self.dlog = DurableLog(recover_prefix(ev.files, rec.log_valid))
             out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
-            # The torn tail was never synced: cut it (the replace below writes the prefix).
-            out.append(Persist(self._next_op(), LOG_FILE, ev.files[LOG_FILE][:rec.log_valid],
-                               replace=True))
         elif rec.empty:
             self.dlog, writes = DurableLog.bootstrap(tuple(sorted((ev.node, *ev.peers))))
             out += self._persists(writes)
         else:
             self.dlog = DurableLog(rec.storage)
-            if ev.files.get(LOG_FILE):
-                # Make what we read durable before acting on it: after a process crash the
-                # page cache may hold unsynced records, and after a failed op the directory
-                # entry of a renamed file may not be durable. A replace syncs both.
-                out.append(Persist(self._next_op(), LOG_FILE, ev.files[LOG_FILE],
-                                   replace=True))
-            else:
-                out += self._persists(self.dlog.rewrite())  # appends need the base record
+        if not rec.empty:
+            # Rewrite the log as recovered before acting on it: it cuts a torn tail, drops
+            # entries a newer snapshot replaced (a crash between the two replaces), makes
+            # records a process crash left unsynced in the page cache durable, and syncs the
+            # directory (after a failed op the last rename may not be durable).
+            out.append(Persist(self._next_op(), LOG_FILE, self.dlog.log_image(), replace=True))
         st = self.dlog.storage
         # Unique per incarnation: entries of an earlier incarnation never match our seqs.
         self.session = f"{ev.node}@{ev.now_ns}.{st.hard_state.term}.{st.last_index()}"
@@ -503,7 +499,7 @@ class RaftNode:
             rd = self.raft.ready()
             self.stats.readies += 1
             out += [Send(m.to, raft_codec.encode_message(m)) for m in rd.messages]
-            if rd.must_sync:
+            if rd.must_sync and not self._commit_only(rd):
                 out += self._persists(self.dlog.ready_writes(rd))
                 sync = Sync(self._next_op(), LOG_FILE)
                 out.append(sync)
@@ -511,10 +507,21 @@ class RaftNode:
                         for m in rd.messages_after_persist]
                 self.inflight = (rd, sync.op)
             else:
+                # Nothing to wait for: at most a new commit index, written without a sync
+                # (a lost commit index is learned again from the leader, as in etcd).
+                out += self._persists(self.dlog.ready_writes(rd))
                 out += [Send(m.to, raft_codec.encode_message(m))
                         for m in rd.messages_after_persist]
                 out += self._finish(rd)
         return out
+
+    def _commit_only(self, rd: Ready) -> bool:
+        """True if the batch changes nothing durable but the commit index."""
+        assert self.dlog is not None
+        if rd.entries or rd.snapshot is not None or rd.hard_state is None:
+            return False
+        old = self.dlog.storage.hard_state
+        return (rd.hard_state.term, rd.hard_state.vote) == (old.term, old.vote)
 
     def _finish(self, rd: Ready) -> list[Effect]:
         """The Ready is durable: update storage, apply, serve reads, advance, compact."""

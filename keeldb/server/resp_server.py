@@ -81,15 +81,30 @@ class ServerConfig:
 
 
 class ApplyPath(Protocol):
-    """Where the connections send their batches; results come back on the event loop."""
+    """Where the connections send their batches; results come back on the event loop, in
+    submit order per connection. `LocalApplyPath` is the single-node one; a replicated node
+    implements the same calls (propose, apply when committed, ReadIndex for reads)."""
+
+    room: asyncio.Event  # set while more submissions are welcome (back-pressure)
+    idle: asyncio.Event  # set while nothing is in flight (shutdown waits for it)
 
     @property
     def inflight(self) -> int:
         """Batches submitted but not yet delivered."""
         ...
 
+    def start(self) -> None: ...
+
     def submit(self, items: list[tuple[kv.Batch, Done]]) -> None:
         """Propose `items` in order; each `Done` is called on the loop with its result."""
+        ...
+
+    def try_inline(self, batch: kv.Batch) -> Result | None:
+        """The result now, when running `batch` at once keeps every guarantee; else None."""
+        ...
+
+    async def stop(self) -> None:
+        """Finish what was submitted, then stop."""
         ...
 
 
@@ -253,7 +268,7 @@ class RespServer:
         self.sm: kv.KvStateMachine | None = None
         self.metrics = ServerMetrics(self._engine_stats)
         self.started_at = time.time()
-        self._apply: LocalApplyPath | None = None
+        self._apply: ApplyPath | None = None
         self._server: asyncio.Server | None = None
         self._admin: AdminServer | None = None
         self._clients: set[_Client] = set()
@@ -285,12 +300,19 @@ class RespServer:
                                          sync_always=self.config.sync == "always",
                                          on_fatal=self._fatal_error)
             self._apply.start()
-            self._server = await asyncio.start_server(
-                self._on_client, self.config.host, self.config.port,
-                limit=limits.server_read_chunk_bytes)
-            if self.config.admin_port is not None:
-                self._admin = AdminServer(self.config.admin_port, self.metrics, self.status)
-                await self._admin.start()
+            try:
+                self._server = await asyncio.start_server(
+                    self._on_client, self.config.host, self.config.port,
+                    limit=limits.server_read_chunk_bytes)
+                if self.config.admin_port is not None:
+                    self._admin = AdminServer(self.config.admin_port, self.metrics,
+                                              self.status)
+                    await self._admin.start()
+            except OSError as exc:
+                raise ConfigError(f"cannot listen ({exc.strerror or exc}) on "
+                                  f"{self.config.host}:{self.config.port} or admin port "
+                                  f"{self.config.admin_port}; pick free ports (0 = any) or "
+                                  "stop the server holding them") from None
         except BaseException:
             await self._close_store()
             raise
@@ -348,6 +370,8 @@ class RespServer:
         for client in list(self._clients):
             client.closing = True  # read no more requests
             client.wake.set()
+        if self._apply is not None:
+            self._apply.room.set()  # wake readers waiting for room: they see `closing`
         drain_s = limits.server_shutdown_drain_ms_max / 1000
         if self._apply is not None and self._fatal is None:
             with contextlib.suppress(TimeoutError):
@@ -430,11 +454,13 @@ class RespServer:
         assert self._apply is not None, "outputs after the apply path stopped"
         proposals: list[tuple[kv.Batch, Done]] = []
         work = deque(outputs)
-        while work:
+        while work and not client.gone:
             out = work.popleft()
             if not isinstance(out, Execute):
                 self._emit(client, out)
                 continue
+            if self._closing:
+                continue  # shutting down: requests not yet proposed stay unanswered
             result = None if proposals else self._apply.try_inline(out.batch)
             if result is None:
                 proposals.append((out.batch, functools.partial(self._complete, client,
@@ -448,19 +474,19 @@ class RespServer:
                     self._emit(client, more)
         if proposals:
             self._apply.submit(proposals)
-        transport = client.writer.transport
-        if transport.get_write_buffer_size() > limits.server_reply_backlog_bytes_max:
-            self.metrics.dropped.inc()  # a client that does not read its replies: drop it
-            client.closing = client.gone = True
-            client.wake.set()
-            transport.abort()
 
     def _emit(self, client: _Client, out: Send | Close) -> None:
         if isinstance(out, Send):
-            client.writer.write(out.data)
+            transport = client.writer.transport
+            transport.write(out.data)
             self.metrics.commands.inc()
             if out.data[:1] in (b"-", b"!"):
                 self.metrics.errors.inc()
+            if transport.get_write_buffer_size() > limits.server_reply_backlog_bytes_max:
+                self.metrics.dropped.inc()  # a client that does not read its replies
+                client.closing = client.gone = True
+                client.wake.set()
+                transport.abort()
             return
         assert isinstance(out, Close), f"unknown connection output {out!r}"
         if out.protocol_error:
@@ -469,7 +495,7 @@ class RespServer:
         client.wake.set()
 
     def _complete(self, client: _Client, ticket: int, result: Result) -> None:
-        if client.gone:
+        if client.gone or self._apply is None:
             return
         self._handle(client, client.conn.complete(ticket, result))
         client.wake.set()
@@ -521,7 +547,7 @@ class RespServer:
                         "maxclients": self.config.max_clients},
             "persistence": {"keeldb_sync": self.config.sync,
                             "keeldb_data_dir": self.data_dir},
-            "keyspace": {"db0": f"keys={keys},expires=0,avg_ttl=0"} if keys else {},
+            "keyspace": {"db0": f"keys={keys}"} if keys else {},
         }
 
     def status(self) -> dict[str, Any]:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import Any
 
+import numpy as np
 from xxhash import xxh3_64_intdigest
 
 FILTER_KIND_BLOCKED512 = 1
@@ -33,6 +35,21 @@ K_MAX = 16  # most bits set per key; more only costs time at >20 bits/key
 _HEADER = struct.Struct("<BBBI")
 
 _mask_tables: dict[tuple[int, int], list[int]] = {}
+
+
+_mask_position_tables: dict[tuple[int, int], Any] = {}
+
+
+def _mask_positions(table: int, bits: int) -> Any:
+    """`_mask_table` as a (MASK_TABLE_SIZE, bits) array of the set bit positions."""
+    cached = _mask_position_tables.get((table, bits))
+    if cached is None:
+        raw = b"".join(m.to_bytes(BLOCK_BYTES, "little") for m in _mask_table(table, bits))
+        matrix = np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(MASK_TABLE_SIZE, -1),
+                               axis=1, bitorder="little")
+        cached = np.nonzero(matrix)[1].astype(np.int64).reshape(MASK_TABLE_SIZE, bits)
+        _mask_position_tables[(table, bits)] = cached
+    return cached
 
 
 def _mask_table(table: int, bits: int) -> list[int]:
@@ -103,10 +120,22 @@ class BloomFilter:
         k = probes_for(bits_per_key)
         ka, kb = k - k // 2, k // 2
         nblocks = blocks_for(distinct, bits_per_key)
-        mask_a, mask_b = _mask_table(0, ka), _mask_table(1, kb)
-        blocks = [0] * nblocks
-        for h in hashes:  # measured faster than the same work spread over C-level maps
-            blocks[((h >> 32) * nblocks) >> 32] |= mask_a[h & 0xFFF] | mask_b[(h >> 12) & 0xFFF]
+        # numpy sets each key's bits in a flat bit array (bit j of block i is bit i*512+j):
+        # the same bits as `blocks[i] |= MASK_A[..] | MASK_B[..]` on 512-bit ints, several
+        # times faster (a flush adds ~200k keys; the int loop was a quarter of its CPU).
+        h = np.fromiter(hashes, dtype=np.uint64)
+        bits = np.zeros(nblocks * BLOCK_BITS, dtype=np.bool_)
+        if len(h):
+            base = ((h >> np.uint64(32)) * np.uint64(nblocks) >> np.uint64(32)).astype(np.int64)
+            base *= BLOCK_BITS
+            for table, count, shift in ((0, ka, 0), (1, kb, 12)):
+                if count:
+                    pos = _mask_positions(table, count)[
+                        ((h >> np.uint64(shift)) & np.uint64(0xFFF)).astype(np.intp)]
+                    bits[(pos + base[:, None]).ravel()] = True
+        raw = np.packbits(bits, bitorder="little").tobytes()
+        blocks = [int.from_bytes(raw[i:i + BLOCK_BYTES], "little")
+                  for i in range(0, len(raw), BLOCK_BYTES)]
         return cls(blocks, ka, kb)
 
     def may_contain(self, key: bytes) -> bool:

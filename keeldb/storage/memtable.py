@@ -3,8 +3,14 @@
 `table` maps key -> Entry `(key, seq, kind, value)` of the newest version. Older versions are
 kept (in `old`, oldest first) only when a live snapshot could still read them, i.e. when the
 overwritten version's seq is <= the newest live snapshot's seq; otherwise no reader can ever
-see them and they are dropped at once. A sorted key list is built lazily for scans and flushes
-and cached until a write adds a key.
+see them and they are dropped at once.
+
+Sorted order is kept incrementally: the first scan (or the flush) sorts the keys once; later
+writes append the keys they add to `_delta` (append-only), and the next scan merges just those
+into a new sorted list (copy-on-write: a running scan keeps slicing the list it started with).
+A full re-sort happens only when the delta is large. Memtables scanned many times without a
+write in between also keep a sorted list of their entries, so a scan slices entries instead
+of looking each key up in the dict (random memory access dominates that).
 
 Byte accounting: each version costs `len(key) + len(value) + ENTRY_OVERHEAD_BYTES`; the engine
 makes the memtable immutable once `bytes` reaches `Options.memtable_bytes`.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from itertools import chain
+from operator import itemgetter
 
 Entry = tuple[bytes, int, int, bytes]
 
@@ -26,6 +33,16 @@ Entry = tuple[bytes, int, int, bytes]
 # memtable_bytes close enough to real memory that three memtables (active + the frozen ones
 # waiting for flush) stay within the peak-RSS budget, while keeping flushes large.
 ENTRY_OVERHEAD_BYTES = 64
+
+# A delta of new keys above 1/MERGE_DELTA_DIVISOR of the sorted keys is merged by a full sort.
+MERGE_DELTA_DIVISOR = 4
+# Build the sorted entry list after this many scans with no write (and at least one scan per
+# ENTRIES_BUILD_KEYS_PER_SCAN keys): building costs one dict lookup per key, a scan saves ~64.
+ENTRIES_BUILD_SCANS_MIN = 8
+ENTRIES_BUILD_KEYS_PER_SCAN = 64
+
+_key_of_op = itemgetter(1)
+_seq_of_entry = itemgetter(1)
 
 
 class Memtable:
@@ -40,6 +57,9 @@ class Memtable:
         "seq_max",
         "frozen",
         "_sorted",
+        "_delta",
+        "_entries",
+        "_scans",
         "versions",
     )
 
@@ -52,7 +72,12 @@ class Memtable:
         self.seq_max = 0
         self.frozen = False
         self.versions = 0
-        self._sorted: list[bytes] | None = None
+        # (sorted keys, how many `_delta` keys they include); one tuple, swapped atomically.
+        self._sorted: tuple[list[bytes], int] | None = None
+        self._delta: list[bytes] = []  # keys added by writes, in write order (append-only)
+        # (sorted keys it matches, seq_max it was built at, entries in key order)
+        self._entries: tuple[list[bytes], int, list[Entry]] | None = None
+        self._scans = (0, 0)  # (seq_max, scans since it was set) -- when to build _entries
 
     def __len__(self) -> int:
         return len(self.table)
@@ -67,13 +92,17 @@ class Memtable:
         if snapshot_max >= self.seq_min and table:
             self._retain(ops, snapshot_max)
         before = len(table)
+        # New keys go to the delta only after they are in `table`: a scan that merges them
+        # looks them up there.
         if len(ops) == 1:
             kind, key, value = ops[0]
             table[key] = (key, seq, kind, value)
+            if len(table) != before:
+                self._delta.append(key)
         else:
             table.update([(key, (key, seq, kind, value)) for kind, key, value in ops])
-        if len(table) != before:
-            self._sorted = None
+            if len(table) != before:
+                self._delta += map(_key_of_op, ops)  # overwrites are filtered at merge
         if not self.seq_min:
             self.seq_min = seq
         self.seq_max = seq
@@ -106,9 +135,31 @@ class Memtable:
         self.frozen = True
 
     def sorted_keys(self) -> list[bytes]:
-        keys = self._sorted
-        if keys is None:
-            keys = self._sorted = sorted(self.table)
+        """Every key, sorted; the list is never mutated after it is returned."""
+        state = self._sorted
+        n = len(self._delta)  # read before the table: later keys are merged next time
+        if state is not None and state[1] == n:
+            return state[0]
+        if state is None:
+            keys = sorted(self.table)
+        else:
+            old, upto = state
+            fresh = sorted(set(self._delta[upto:n]))
+            if len(fresh) * MERGE_DELTA_DIVISOR > len(old):
+                keys = sorted(self.table)
+            else:
+                # Drop keys already there (overwrites; keys a concurrent full sort included).
+                size = len(old)
+                fresh = [k for k in fresh
+                         if (i := bisect.bisect_left(old, k)) == size or old[i] != k]
+                if len(fresh) <= 8:
+                    keys = old.copy()
+                    for k in fresh:
+                        bisect.insort(keys, k)
+                else:
+                    keys = old + fresh
+                    keys.sort()  # two sorted runs: timsort merges them
+        self._sorted = (keys, n)
         return keys
 
     def flush_entries(self) -> list[Entry]:
@@ -141,6 +192,14 @@ class Memtable:
         keys = self.sorted_keys()
         lo = 0 if start is None else bisect.bisect_left(keys, start)
         hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        seq_max = self.seq_max
+        if seq_max <= seq:
+            entries = self._clean_entries(keys, seq_max)
+            if entries is not None:
+                # Exactly the state at `seq`: writes up to `seq` were all applied by now
+                # (seq_max was not above it) and the list never changes.
+                yield from self._slices(entries, lo, hi, reverse)
+                return
         getitem = self.table.__getitem__
         get_at = self.get_at
         # Entries are fetched in growing chunks with one C-level map each; while no write
@@ -171,3 +230,36 @@ class Memtable:
                     entry = found
                 visible.append(entry)
             yield visible
+
+    def _clean_entries(self, keys: list[bytes], seq_max: int) -> list[Entry] | None:
+        """The entries of `keys` as of `seq_max` when built (or now worth building)."""
+        built = self._entries
+        if built is not None and built[0] is keys and built[1] == seq_max:
+            return built[2]
+        last, count = self._scans
+        count = count + 1 if last == seq_max else 1
+        self._scans = (seq_max, count)
+        if count < max(ENTRIES_BUILD_SCANS_MIN, len(keys) // ENTRIES_BUILD_KEYS_PER_SCAN):
+            return None
+        entries = list(map(self.table.__getitem__, keys))
+        if self.seq_max != seq_max or max(map(_seq_of_entry, entries), default=0) > seq_max:
+            return None  # a write raced the build
+        self._entries = (keys, seq_max, entries)
+        return entries
+
+    @staticmethod
+    def _slices(entries: list[Entry], lo: int, hi: int, reverse: bool) -> Iterator[list[Entry]]:
+        size = 128
+        if reverse:
+            while hi > lo:
+                chunk = entries[max(lo, hi - size):hi]
+                chunk.reverse()
+                hi -= len(chunk)
+                size = min(size * 2, 4096)
+                yield chunk
+        else:
+            while lo < hi:
+                chunk = entries[lo:min(hi, lo + size)]
+                lo += len(chunk)
+                size = min(size * 2, 4096)
+                yield chunk

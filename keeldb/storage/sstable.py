@@ -20,8 +20,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 from itertools import accumulate, chain, islice, repeat
-from operator import add, lt, ne, neg
+from operator import add, itemgetter, lt, ne, neg
 
 import zstandard
 from crc32c import crc32c
@@ -167,6 +168,14 @@ def decoded_block_bytes(count: int, key_bytes: int, value_bytes: int) -> int:
 
 # --- writer -----------------------------------------------------------------------------
 
+_COLUMN_GETTERS = tuple(map(itemgetter, range(4)))
+
+
+def _columns(entries: list[Entry]) -> list[list[Any]]:
+    """Entries as (keys, seqs, kinds, values) columns: four C-level maps, about twice as
+    fast as `zip(*entries)` (which passes every entry as an argument)."""
+    return [list(map(get, entries)) for get in _COLUMN_GETTERS]
+
 
 class TableWriter:
     """Writes one table to a fresh `File`; entries must come sorted by (key asc, seq desc)."""
@@ -234,16 +243,16 @@ class TableWriter:
         self._drain()
         if isinstance(entries, list):
             for at in range(0, len(entries), ADD_MANY_CHUNK_ENTRIES):
-                self._add_columns(*zip(*entries[at : at + ADD_MANY_CHUNK_ENTRIES], strict=True))
+                self._add_columns(*_columns(entries[at : at + ADD_MANY_CHUNK_ENTRIES]))
             return
         it = iter(entries)
         while chunk := list(islice(it, ADD_MANY_CHUNK_ENTRIES)):
-            self._add_columns(*zip(*chunk, strict=True))
+            self._add_columns(*_columns(chunk))
 
     def _drain(self) -> None:
         if self._buf:
             buf, self._buf = self._buf, []
-            self._add_columns(*zip(*buf, strict=True))
+            self._add_columns(*_columns(buf))
 
     def _check_order(self, keys: Sequence[bytes], seqs: Sequence[int]) -> None:
         prev = self._prev

@@ -426,3 +426,21 @@ def test_local_apply_path_replies_only_after_the_covering_fsync() -> None:
             assert n + 1 <= synced, f"write {n} (index {n + 1}) answered before its fsync"
             replies += 1
     assert replies == 50 and sm.applied_index == 50
+
+
+def test_a_client_that_never_reads_is_dropped(shared: Server) -> None:
+    """Replies pile up for a client that pipelines big GETs and reads nothing: past
+    server_reply_backlog_bytes_max (64 MiB) the server drops it and serves the others."""
+    r = shared.client()
+    r.set("big", b"x" * (1024 * 1024))
+    with socket.create_connection(("127.0.0.1", shared.port), timeout=10) as sock:
+        sock.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 200)  # 200 MiB of replies
+        deadline = time.monotonic() + 20
+        while True:
+            _, _, metrics = shared.http("/metrics")
+            if re.search(r"^keeldb_clients_dropped_total [1-9]", metrics, re.M):
+                break
+            assert time.monotonic() < deadline, "a client 200 MiB behind was never dropped"
+            time.sleep(0.05)
+    assert r.get("big") == b"x" * (1024 * 1024) and r.delete("big") == 1
+    r.close()

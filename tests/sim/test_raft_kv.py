@@ -3,9 +3,6 @@ live after healing. The default run takes a sample; `pytest -m slow` runs the sw
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
 
 from keeldb.node.effects import ClientRequest, Effect
@@ -24,6 +21,9 @@ DEFAULT_SEEDS = range(1, 41)
 # 243: a transient bit flip hit the same bit of the small snapshot file on two reads in a row,
 #      so the node took it for real corruption and refused to start; damage now needs three
 #      identical reads.
+# bank seed 3 (in test_raft_kv_other_workloads): the log replace of an installed snapshot
+#      failed (ENOSPC); the restarted node appended after the old log's entries, leaving a
+#      gap. A starting node now rewrites its log from the recovered state.
 REGRESSION_SEEDS = (4, 39, 40, 243, 528)
 
 
@@ -65,19 +65,10 @@ class _LocalReads(SimRaftKvNode):
         return super().step(event)  # type: ignore[arg-type]
 
 
-@contextmanager
-def _registered(name: str, spec: SystemSpec) -> Iterator[None]:
-    cluster.SYSTEMS[name] = spec
-    try:
-        yield
-    finally:
-        del cluster.SYSTEMS[name]
-
-
-def test_the_checkers_catch_reads_that_skip_read_index() -> None:
+def test_the_checkers_catch_reads_that_skip_read_index(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = SystemSpec("raft-kv-local-reads", _LocalReads, ("n1", "n2", "n3"), False, "broken")
-    with _registered(spec.name, spec):
-        flagged = [s for s in range(1, 13) if not run_sim(SimConfig(spec.name, s)).ok]
+    monkeypatch.setitem(cluster.SYSTEMS, spec.name, spec)
+    flagged = [s for s in range(1, 13) if not run_sim(SimConfig(spec.name, s)).ok]
     assert flagged, "local reads were never flagged: the harness has no teeth for raft-kv"
 
 

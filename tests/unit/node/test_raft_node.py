@@ -6,7 +6,15 @@ import msgpack
 import pytest
 
 from keeldb import limits
-from keeldb.consensus import Role
+from keeldb.consensus import (
+    ConfState,
+    Entry,
+    HardState,
+    Ready,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+)
 from keeldb.errors import CorruptionError, StateRestoreError
 from keeldb.node import raft_codec
 from keeldb.node.effects import ClientRequest, Halt, Persist, PersistDone, Reply, Start
@@ -287,3 +295,20 @@ def test_an_oversized_write_is_refused_at_the_node() -> None:
     c = cluster()
     reply = c.request("n1", "write", "big", "x" * (limits.raft_entry_bytes_max + 1))
     assert reply is not None and reply.type == "fail" and "raft_entry_bytes_max" in reply.error
+
+
+def test_start_rewrites_a_log_that_a_newer_snapshot_replaced() -> None:
+    voters = (NodeId("n1"), NodeId("n2"), NodeId("n3"))
+    log, writes = DurableLog.bootstrap(voters)
+    files = {w.file: w.data for w in writes}
+    rd = Ready(entries=tuple(Entry(i, 2, b"") for i in range(2, 9)),
+               hard_state=HardState(2, NodeId("n1"), 5))
+    files[LOG_FILE] += b"".join(w.data for w in log.ready_writes(rd))
+    # the snapshot file of an installed snapshot was replaced, the log's replace failed
+    snap = Snapshot(SnapshotMeta(50, 4, ConfState(voters)), b"")
+    files[SNAP_FILE] = raft_codec.encode_record(raft_codec.snapshot_to_plain(snap))
+    n, effects = _start(files)
+    (rewrite,) = [e for e in effects if isinstance(e, Persist) and e.file == LOG_FILE]
+    recs, _, problem = raft_codec.decode_records(rewrite.data, LOG_FILE)
+    assert rewrite.replace and problem == "" and recs[0] == ["b", 50, 4]
+    assert n.dlog is not None and n.dlog.storage.last_index() == 50

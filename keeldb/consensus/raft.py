@@ -614,16 +614,20 @@ class Raft:
             return self._drop(m, "this node was removed from the cluster")
         if self.lead_transferee:
             return self._drop(m, f"leadership is moving to {self.lead_transferee}; retry there")
+        too_big = ""
         if len(m.entries) > limits.raft_proposal_entries_max:
-            raise LimitExceededError(
-                f"{len(m.entries)} entries in one proposal, limit raft_proposal_entries_max="
-                f"{limits.raft_proposal_entries_max}; split it")
+            too_big = (f"{len(m.entries)} entries in one proposal, limit "
+                       f"raft_proposal_entries_max={limits.raft_proposal_entries_max}; split it")
         size = sum(len(e.data) for e in m.entries)
         for e in m.entries:
             if len(e.data) > limits.raft_entry_bytes_max:
-                raise LimitExceededError(
-                    f"entry of {len(e.data)} bytes, limit raft_entry_bytes_max="
-                    f"{limits.raft_entry_bytes_max}; store large values outside the log")
+                too_big = (f"entry of {len(e.data)} bytes, limit raft_entry_bytes_max="
+                           f"{limits.raft_entry_bytes_max}; store large values outside the log")
+        if too_big:
+            if m.frm == self.id:
+                raise LimitExceededError(too_big)
+            # A peer's forwarded proposal must never crash the leader: drop it.
+            return self._drop(m, too_big)
         if self.uncommitted_bytes and self.uncommitted_bytes + size > self.cfg.max_uncommitted_bytes:
             return self._drop(m, f"{self.uncommitted_bytes} uncommitted bytes, limit "
                                  f"max_uncommitted_bytes={self.cfg.max_uncommitted_bytes}")

@@ -219,6 +219,8 @@ class TableWriter:
         self._hashes: list[int] = []  # xxh3 of every key added (duplicates allowed)
         self._distinct = 0  # distinct keys added
         self._offset = 0
+        self._out: list[bytes] = []  # blocks not yet written to the file
+        self._out_at = 0  # file offset where `_out` starts
         self._entries = 0
         self._tombstones = 0
         self._seq_min = SEQ_MAX
@@ -325,10 +327,22 @@ class TableWriter:
                 body, kind = packed, COMPRESSION_ZSTD
         crc = crc32c(bytes((kind,)), crc32c(body))
         offset = self._offset
-        self._file.append(body + _TRAILER.pack(kind, crc))
+        out = self._out
+        out.append(body)
+        out.append(_TRAILER.pack(kind, crc))
         size = len(body) + TRAILER_BYTES
         self._offset += size
+        if self._offset - self._out_at >= limits.table_write_buffer_bytes:
+            self._write_out()
         return offset, size
+
+    def _write_out(self) -> None:
+        """Append the gathered blocks with one write (a write per 4 KiB block cost ~10 % of a
+        flush, and each one hands the GIL to the foreground and back)."""
+        if self._out:
+            self._file.append(b"".join(self._out))
+            self._out = []
+        self._out_at = self._offset
 
     def _encode_block(
         self, keys: Sequence[bytes], seqs: Sequence[int], kinds: Sequence[int],
@@ -390,8 +404,9 @@ class TableWriter:
         meta = (index, bloom, self._write_block(_encode_props(props), compress=False))
         footer = _FOOTER.pack(*chain(*meta), FORMAT_VERSION, 0, MAGIC)
         crc = crc32c(footer[:_FOOTER_CRC_AT])
-        self._file.append(_FOOTER.pack(*chain(*meta), FORMAT_VERSION, crc, MAGIC))
+        self._out.append(_FOOTER.pack(*chain(*meta), FORMAT_VERSION, crc, MAGIC))
         self._offset += FOOTER_BYTES
+        self._write_out()
         self._file.sync()
         assert self._file.size() == self._offset, (self._file.size(), self._offset)
         self._hashes = []

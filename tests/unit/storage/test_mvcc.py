@@ -53,7 +53,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
         yield SteppedLsm()
     else:
         db = keeldb.open(tmp_path / "db", sync="never")
-        yield db
+        yield db.txn_store  # the unfiltered view: plain db.scan hides the MVCC keyspace
         db.close()
 
 

@@ -260,7 +260,6 @@ class DB:
         if sync_interval_ms < 1 or sync_bytes < 1:
             raise ConfigError(f"sync_interval_ms ({sync_interval_ms}) and sync_bytes "
                               f"({sync_bytes}) must be >= 1")
-        options.setdefault("block_cache_bytes", limits.block_cache_bytes_embedded_default)
         try:
             opts = Options(**options)
         except TypeError as exc:

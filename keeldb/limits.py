@@ -176,6 +176,3 @@ server_gil_switch_interval_us = 200  # sys.setswitchinterval of the server proce
 
 # --- storage performance (area: storage perf) ------------------------------------------------
 table_write_buffer_bytes = 1024 * 1024  # table bytes a TableWriter gathers per write() call
-# keeldb.open's block cache: decoded blocks take ~1.8x their file bytes, so 192 MiB keeps ~90 %
-# of a 1M-key (116 B entries) store hot while peak RSS stays under the 500 MB budget.
-block_cache_bytes_embedded_default = 192 * 1024 * 1024

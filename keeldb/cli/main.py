@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keeldb.cli.sim_cmds",
     "keeldb.cli.node_cmds",
     "keeldb.cli.serve_cmds",
+    "keeldb.cli.cluster_cmds",
 )
 
 

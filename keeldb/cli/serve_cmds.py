@@ -3,6 +3,8 @@
     keeldb serve                                  # 127.0.0.1:6380, data in ./keeldb-data
     keeldb serve --port 6390 --data /var/lib/keeldb --sync batch --password s3cret
     redis-cli -p 6380 set a b
+    keeldb serve --id n1 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003 \
+        --port 6381 --data ./n1               # one Raft-replicated node (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ def serve(
                                         "(0: any free port, -1: none)"),
     max_clients: int = typer.Option(limits.server_clients_max_default, "--max-clients",
                                     help="client connections at once"),
-    node_id: str = typer.Option("n1", "--node-id", help="this node's id (shown in /status)"),
+    node_id: str = typer.Option("n1", "--node-id", "--id",
+                                help="this node's id (shown in /status; its name in --peers)"),
+    peers: str = typer.Option("", "--peers",
+                              help="Raft mode: n1=HOST:PORT,n2=... the peer port of every "
+                                   "node, this one included (empty: a single node)"),
+    fault_port: int = typer.Option(-1, "--fault-port",
+                                   help="Raft mode: loopback port for link faults (keeldb node "
+                                        "partition|isolate|heal --admin); -1: none, 0: any"),
     sweep_interval_ms: int = typer.Option(limits.server_sweep_interval_ms_default,
                                           "--sweep-interval-ms",
                                           help="period of the expired-key sweep"),
@@ -45,4 +54,5 @@ def serve(
     run(ServerConfig(host=host, port=port, data_dir=data, sync=sync, password=password,
                      admin_port=None if admin_port == -1 else admin_port,
                      max_clients=max_clients, node_id=node_id,
-                     sweep_interval_ms=sweep_interval_ms), ready)
+                     sweep_interval_ms=sweep_interval_ms, peers=peers,
+                     fault_port=None if fault_port == -1 else fault_port), ready)

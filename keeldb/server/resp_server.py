@@ -64,12 +64,18 @@ class ServerConfig:
     max_clients: int = limits.server_clients_max_default
     node_id: str = "n1"
     sweep_interval_ms: int = limits.server_sweep_interval_ms_default
+    # Raft mode (keeldb.server.raft_apply): "n1=HOST:PORT,..." peer ports of every node,
+    # this one (node_id) included; "" = a single node with LocalApplyPath.
+    peers: str = ""
+    # Raft mode: a loopback port for link faults (`keeldb node partition --admin`); None = off.
+    fault_port: int | None = None
 
     def check(self) -> None:
         """Raise ConfigError naming the bad value and what to pass instead."""
         if self.sync not in SYNC_POLICIES:
             raise ConfigError(f"--sync {self.sync!r} is not one of {', '.join(SYNC_POLICIES)}")
-        for name, port in (("--port", self.port), ("--admin-port", self.admin_port)):
+        for name, port in (("--port", self.port), ("--admin-port", self.admin_port),
+                           ("--fault-port", self.fault_port)):
             if port is not None and not 0 <= port <= 65535:
                 raise ConfigError(f"{name} {port} is not a TCP port; pass 0..65535 (0 = any)")
         if self.max_clients < 1:
@@ -78,6 +84,11 @@ class ServerConfig:
             raise ConfigError("--password is empty; pass a non-empty password or leave it out")
         if self.sweep_interval_ms < 1:
             raise ConfigError(f"sweep_interval_ms {self.sweep_interval_ms} must be >= 1")
+        if self.peers:
+            from keeldb.server.raft_apply import parse_peers
+            if self.node_id not in parse_peers(self.peers):
+                raise ConfigError(f"--id {self.node_id!r} is not in --peers {self.peers!r}; "
+                                  "list every node of the cluster, this one included")
 
 
 class ApplyPath(Protocol):
@@ -291,14 +302,28 @@ class RespServer:
         loop = asyncio.get_running_loop()
         # sync=always fsyncs once per group here, so the DB itself need not fsync each write.
         db_sync = "never" if self.config.sync == "always" else self.config.sync
-        self.db = open_db(self.data_dir, sync=db_sync)
+        # Raft mode: the raft log (fsynced per batch) makes writes durable; the store under
+        # kv/ is replayed from it after a crash, so it need not fsync.
+        raft = bool(self.config.peers)
+        db_dir = os.path.join(self.data_dir, "kv") if raft else self.data_dir
+        self.db = open_db(db_dir, sync="never" if raft else db_sync)
         try:
             # DB has the engine calls the state machine makes (get, scan, write).
             self.sm = kv.KvStateMachine(cast(Engine, self.db))
             self.metrics.applied_index.set(self.sm.applied_index)
-            self._apply = LocalApplyPath(self.db, self.sm, loop, self.metrics,
-                                         sync_always=self.config.sync == "always",
-                                         on_fatal=self._fatal_error)
+            if raft:
+                from keeldb.server.raft_apply import RaftApplyPath, parse_peers
+                path = RaftApplyPath(self.sm, loop, self.metrics, node_id=self.config.node_id,
+                                     peers=parse_peers(self.config.peers),
+                                     raft_dir=os.path.join(self.data_dir, "raft"),
+                                     on_fatal=self._fatal_error,
+                                     fault_port=self.config.fault_port)
+                self._apply = path
+                await path.open()
+            else:
+                self._apply = LocalApplyPath(self.db, self.sm, loop, self.metrics,
+                                             sync_always=self.config.sync == "always",
+                                             on_fatal=self._fatal_error)
             self._apply.start()
             try:
                 self._server = await asyncio.start_server(
@@ -542,7 +567,10 @@ class RespServer:
         return {
             "server": {"tcp_port": self.port, "uptime_in_seconds": int(time.time()
                                                                        - self.started_at),
-                       "keeldb_node_id": self.config.node_id, "keeldb_role": "standalone"},
+                       "keeldb_node_id": self.config.node_id,
+                       "keeldb_role": (cast(Any, self._apply).status()["role"]
+                                       if self.config.peers and self._apply is not None
+                                       else "standalone")},
             "clients": {"connected_clients": len(self._clients),
                         "maxclients": self.config.max_clients},
             "persistence": {"keeldb_sync": self.config.sync,
@@ -554,6 +582,9 @@ class RespServer:
         """What GET /status answers."""
         stats = self._engine_stats()
         sm = self.sm
+        raft: dict[str, Any] = {}
+        if self.config.peers and self._apply is not None:
+            raft = cast(Any, self._apply).status()
         return {
             "node_id": self.config.node_id,
             "role": "standalone",
@@ -566,6 +597,7 @@ class RespServer:
             "applied_index": sm.applied_index if sm is not None else None,
             "keys": sm.key_count if sm is not None else None,
             "engine": asdict(stats) if stats is not None else None,
+            **raft,  # Raft mode: role, term, commit_index, leader, ...
         }
 
 

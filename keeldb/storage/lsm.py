@@ -459,24 +459,27 @@ class LsmEngine:
             yield []
             if start is not None and end is not None and start >= end:
                 return
-            sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq)
-                                            for m in (version.mem,) + version.imms if len(m)]
+            mems = [m for m in (version.mem,) + version.imms if len(m)]
+            sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq) for m in mems]
+            sizes = [len(m) for m in mems]  # entries per source: the merger reads in proportion
             with self._rmu:
                 for t in version.levels[0]:
                     if (end is None or t.smallest < end) and (start is None or t.largest >= start):
                         reader = self.table_cache.get(t.id, t.name)
                         sources.append(reader.iter(start, end, reverse))
+                        sizes.append(t.entries)
             memtables_only = len(sources)
             for tables in version.levels[1:]:
                 if tables:
                     sources.append(self._level_iter(tables, start, end, reverse))
+                    sizes.append(sum(t.entries for t in tables))
             if not sources:
                 return
             puller: VisibleMerger | CleanSource
             if len(sources) == 1 and memtables_only == 1 and not version.levels[0]:
                 puller = CleanSource(sources[0])  # one memtable: one visible entry per key
             else:
-                puller = VisibleMerger(sources, seq, reverse)
+                puller = VisibleMerger(sources, seq, reverse, sizes)
             chunk_max = min(limit, limits.scan_chunk_entries)
             remaining = limit
             while remaining > 0 and not puller.exhausted:

@@ -65,10 +65,19 @@ class VisibleMerger:
     resolved together.
     """
 
-    __slots__ = ("_sources", "_bufs", "_done", "_seq", "_reverse", "_pending", "exhausted")
+    __slots__ = ("_sources", "_bufs", "_done", "_seq", "_reverse", "_pending", "exhausted",
+                 "_shares")
 
-    def __init__(self, sources: list[Iterator[Entry]], seq: int, reverse: bool = False) -> None:
+    def __init__(self, sources: list[Iterator[Entry]], seq: int, reverse: bool = False,
+                 sizes: list[int] | None = None) -> None:
+        """`sizes` (entries per source, if known) splits each round's reads in proportion:
+        a page then needs about one round even when one source holds most keys."""
+        assert sizes is None or len(sizes) == len(sources), "one size per source"
         self._sources = sources
+        total = sum(sizes) if sizes else 0
+        k = len(sources)
+        self._shares = [s / total for s in sizes] if sizes and total > 0 else \
+            [1 / k if k else 1.0] * k
         self._bufs: list[list[Entry]] = [[] for _ in sources]
         self._done = [False] * len(sources)
         self._seq = seq
@@ -82,11 +91,11 @@ class VisibleMerger:
         seq = self._seq
         # Per round, each source gives about its share of what is still missing (plus slack):
         # with k sources of evenly spread keys a page of n then costs ~n entries, not k*n.
-        k = len(self._sources)
+        shares = self._shares
         want = 0
         while len(out) < n and not self.exhausted:
-            share = (n - len(out)) // k + 16
-            taken, final = self._round(max(want, share))
+            missing = n - len(out)
+            taken, final = self._round([max(want, int(missing * f) + 16) for f in shares])
             if taken:
                 if max(map(_seq_of, taken)) > seq:  # newer than the snapshot: invisible
                     taken = [e for e in taken if e[1] <= seq]
@@ -99,7 +108,7 @@ class VisibleMerger:
                 out += pairs
                 want = 0
             elif not final:
-                want = 2 * max(want, share)  # everything buffered sits at the cut key
+                want = 2 * max(want, missing + 16)  # everything buffered sits at the cut key
             if final:
                 self.exhausted = True
         if len(out) > n:
@@ -108,11 +117,11 @@ class VisibleMerger:
             self.exhausted = False
         return out
 
-    def _round(self, want: int) -> tuple[list[Entry], bool]:
+    def _round(self, wants: list[int]) -> tuple[list[Entry], bool]:
         bufs, done, sources = self._bufs, self._done, self._sources
         for i, buf in enumerate(bufs):
-            if not done[i] and len(buf) < want:
-                need = want - len(buf)
+            if not done[i] and len(buf) < wants[i]:
+                need = wants[i] - len(buf)
                 more = list(islice(sources[i], need))
                 if len(more) < need:
                     done[i] = True

@@ -20,9 +20,9 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 from itertools import accumulate, chain, islice, repeat
 from operator import add, itemgetter, lt, ne, neg
+from typing import Any
 
 import zstandard
 from crc32c import crc32c

@@ -79,3 +79,23 @@ def test_same_bytes_in_processes_with_different_hash_seeds() -> None:
 
     digests.add(xxhash.xxh3_64_hexdigest(BloomFilter.build(keys, 10).to_bytes()))
     assert len(digests) == 1, digests
+
+
+@pytest.mark.parametrize("bits", [1, 3, 10, 20])
+@pytest.mark.parametrize("count", [1, 5, 2000])
+def test_vectorised_build_sets_the_same_bits_as_the_int_loop(bits: int, count: int) -> None:
+    """The numpy build is the format's reference loop (`blocks[i] |= MASK_A | MASK_B`)."""
+    from xxhash import xxh3_64_intdigest
+
+    from keeldb.storage import bloom
+
+    hashes = [xxh3_64_intdigest(b"key-%d" % i) for i in range(count)]
+    built = BloomFilter.build_from_hashes(hashes, bits, distinct=count)
+    k = bloom.probes_for(bits)
+    ka, kb = k - k // 2, k // 2
+    nblocks = blocks_for(count, bits)
+    mask_a, mask_b = bloom._mask_table(0, ka), bloom._mask_table(1, kb)
+    want = [0] * nblocks
+    for h in hashes:
+        want[((h >> 32) * nblocks) >> 32] |= mask_a[h & 0xFFF] | mask_b[(h >> 12) & 0xFFF]
+    assert built.probe_parts()[0] == want

@@ -1,0 +1,109 @@
+"""`RaftKvSM`: the Redis state machine (`kvstate.KvStateMachine`) as a `raft_node.StateMachine`.
+
+A command is msgpack `[now_ms, batch]`: the proposing node's wall-clock time (all expiry
+decisions of the batch use it, never an applying replica's clock) and an encoded
+`kvstate.Batch`. `command("read", ...)` marks a read-only batch (served after ReadIndex, never
+logged); `command("write", ...)` a batch that becomes one log entry (MULTI/EXEC included).
+
+The KV state lives in the node's embedded store, which is durable on its own; the Raft log
+and snapshot live in their own files. The two may disagree after a crash:
+
+- the store is AHEAD of the Raft snapshot (its applied index is past the snapshot's): the
+  snapshot is not restored and the replayed log entries the store already holds are skipped
+  (committed entries are the same on every replica, so the store's state is a prefix of the
+  log the node replays);
+- the store is BEHIND (it lost unsynced writes, or a leader sent a newer snapshot): the
+  snapshot replaces the store, then the log entries after it apply.
+
+Replies are msgpack-able (`pack_applied`): the session table of `RaftNode` keeps them in its
+snapshots. A replayed entry that is skipped returns `SKIPPED` (only entries of an earlier
+incarnation are replayed, and those have nobody waiting for them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from keeldb.errors import StateRestoreError, UsageError
+from keeldb.node import kvstate as kv
+
+READ, WRITE = "read", "write"
+SNAPSHOT_FORMAT = 1
+SKIPPED: list[Any] = [[], False, True]  # a packed Applied: no replies, duplicate
+
+
+def encode_command(batch: kv.Batch, now_ms: int) -> tuple[str, bytes]:
+    """(f, command bytes) for a `ClientRequest` carrying `batch` proposed at `now_ms`."""
+    assert now_ms >= 0, now_ms
+    data = msgpack.packb([now_ms, kv.encode_batch(batch)], use_bin_type=True)
+    return (READ if batch.read_only else WRITE), data
+
+
+def decode_command(data: bytes) -> tuple[int, kv.Batch]:
+    now_ms, raw = msgpack.unpackb(data, raw=False)
+    return int(now_ms), kv.decode_batch(bytes(raw))
+
+
+def pack_applied(result: kv.Applied) -> list[Any]:
+    return [[kv.pack_reply(r) for r in result.replies], result.aborted, result.duplicate]
+
+
+def unpack_applied(data: Any) -> kv.Applied:
+    replies, aborted, duplicate = data
+    return kv.Applied(tuple(kv.unpack_reply(r) for r in replies), bool(aborted),
+                      bool(duplicate))
+
+
+class RaftKvSM:
+    """Adapter from `KvStateMachine` (batches over an engine) to the RaftNode protocol."""
+
+    def __init__(self, sm: kv.KvStateMachine) -> None:
+        self.kv = sm
+        # Log time never goes back while this process runs, so an expiry cannot un-happen
+        # when a proposer's clock is behind the one before it.
+        self.last_now_ms = 0
+        self.skipped = 0  # replayed entries the store already held
+
+    def command(self, f: str, key: Any, value: Any) -> tuple[bytes, bool]:
+        if f not in (READ, WRITE) or not isinstance(value, bytes | bytearray):
+            raise UsageError(f"raft-kv takes f='read'|'write' with encoded batch bytes, got "
+                             f"f={f!r} value of type {type(value).__name__}")
+        return bytes(value), f == READ
+
+    def apply(self, index: int, command: bytes) -> tuple[str, Any]:
+        if index <= self.kv.applied_index:
+            self.skipped += 1
+            return "ok", SKIPPED
+        now_ms, batch = decode_command(command)
+        assert not batch.read_only, f"read-only batch in the log at index {index}"
+        self.last_now_ms = max(self.last_now_ms, now_ms)
+        return "ok", pack_applied(self.kv.apply(batch, index=index, now_ms=self.last_now_ms))
+
+    def read(self, command: bytes) -> tuple[str, Any]:
+        now_ms, batch = decode_command(command)
+        return "ok", pack_applied(self.kv.read_batch(batch, now_ms=max(self.last_now_ms,
+                                                                       now_ms)))
+
+    def snapshot(self) -> bytes:
+        return msgpack.packb([SNAPSHOT_FORMAT, self.kv.applied_index, self.kv.snapshot()],
+                             use_bin_type=True)
+
+    def restore(self, data: bytes) -> None:
+        """Restore a Raft snapshot unless the store already holds a later state (see the
+        module docstring). b"" (no snapshot yet) keeps the store as it is for the same reason:
+        the log replays from index 1 and every entry the store holds is skipped."""
+        if not data:
+            return
+        try:
+            fmt, index, image = msgpack.unpackb(data, raw=False)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            raise StateRestoreError(f"raft-kv snapshot does not decode: {exc}") from None
+        if fmt != SNAPSHOT_FORMAT:
+            raise StateRestoreError(f"raft-kv snapshot format {fmt}, expected "
+                                    f"{SNAPSHOT_FORMAT}; upgrade this node")
+        if self.kv.applied_index >= int(index):
+            return
+        self.kv.restore(bytes(image))
+        assert self.kv.applied_index == int(index), (self.kv.applied_index, index)

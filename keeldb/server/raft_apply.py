@@ -1,0 +1,218 @@
+"""`RaftApplyPath`: the server's `ApplyPath` on a Raft node hosted in the server process.
+
+    connection ─► submit(batch) ─► ClientRequest("write"|"read", encoded batch)
+                                          │  Driver + RaftNode (keeldb.node.raft_node)
+                                          │  RealWorld: raft files, fsync in a worker thread
+                                          │  Transport: TCP to the peers (--peers)
+    done(Applied | ErrorReply) ◄── Reply ◄┘
+
+Everything runs on the server's event loop: the driver, the Raft node, and the state machine
+(`keeldb.node.raft_kv_sm.RaftKvSM` over the server's `KvStateMachine`), which applies committed
+entries to the embedded store as they commit. Writes become one log entry per batch (MULTI/EXEC
+is one batch); a follower's core forwards them to the leader. Read-only batches use ReadIndex.
+
+Error replies a client may see (both mean "try again"; redis-py raises `ResponseError`):
+
+- `TRYAGAIN ...`: nothing happened (no leader known within the bounded wait, the node is
+  recovering, or a read was not confirmed in time). Safe to retry, here or on another node.
+- `CLUSTERDOWN ...`: a write was accepted but not committed in time (a leader change); it may
+  or may not have happened. Retry only if the write is idempotent, or read to find out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from keeldb import limits
+from keeldb.codec.resp import ErrorReply
+from keeldb.errors import ConfigError
+from keeldb.node import kvstate as kv
+from keeldb.node.effects import ClientRequest, Node, Received, Reply
+from keeldb.node.raft_kv_sm import RaftKvSM, encode_command, unpack_applied
+from keeldb.node.raft_node import RaftNode, RaftNodeConfig
+from keeldb.runtime.driver import Driver
+from keeldb.runtime.real.admin import AdminServer
+from keeldb.runtime.real.disk import RealDisk
+from keeldb.runtime.real.transport import Address, Transport
+from keeldb.runtime.real.world import RealWorld
+from keeldb.server.admin_http import ServerMetrics
+from keeldb.types import NodeId
+
+log = logging.getLogger("keeldb.raft_apply")
+
+Result = kv.Applied | ErrorReply
+Done = Callable[[Result], None]
+
+
+def parse_peers(text: str) -> dict[str, Address]:
+    """`n1=HOST:PORT,n2=HOST:PORT` -> {"n1": ("HOST", PORT), ...} (ConfigError if malformed)."""
+    peers: dict[str, Address] = {}
+    for item in text.split(","):
+        name, eq, addr = item.strip().partition("=")
+        host, colon, port = addr.rpartition(":")
+        if not (eq and colon and name and host and port.isdigit()
+                and 0 < int(port) <= 65535):
+            raise ConfigError(f"--peers item {item!r} is not ID=HOST:PORT; pass e.g. "
+                              "n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003")
+        if name in peers:
+            raise ConfigError(f"--peers names {name!r} twice; give each node once")
+        peers[name] = (host, int(port))
+    return peers
+
+
+class RaftApplyPath:
+    """An `ApplyPath` (see `keeldb.server.resp_server`) that replicates through Raft.
+
+    `await open()` starts the peer transport and the node (recovering its raft files);
+    `submit` proposes; `stop` drops the node like a process exit (the disk keeps what was
+    synced; the next start recovers from it)."""
+
+    def __init__(self, sm: kv.KvStateMachine, loop: asyncio.AbstractEventLoop,
+                 metrics: ServerMetrics, *, node_id: str, peers: Mapping[str, Address],
+                 raft_dir: str, on_fatal: Callable[[BaseException], None],
+                 config: RaftNodeConfig | None = None, fault_port: int | None = None) -> None:
+        if node_id not in peers:
+            raise ConfigError(f"--id {node_id!r} is not in --peers ({', '.join(peers)}); list "
+                              "every node of the cluster, this one included")
+        self.node_id = NodeId(node_id)
+        self._sm = RaftKvSM(sm)
+        self._loop, self._metrics, self._on_fatal = loop, metrics, on_fatal
+        self._cfg = config or RaftNodeConfig()
+        addrs = {NodeId(k): v for k, v in peers.items()}
+        self.transport = Transport(self.node_id, addrs[self.node_id], addrs,
+                                   self._on_peer_message, seed=f"raft-apply:{node_id}")
+        self.world = RealWorld(self.node_id, RealDisk(raft_dir), self.transport, loop)
+        self.world.reply_route = self._on_reply
+        self.world.on_halt = lambda why: self._fatal(RuntimeError(f"raft node halted: {why}"))
+        others = tuple(p for p in sorted(addrs) if p != self.node_id)
+        self.driver = Driver(self.node_id, others, self._make_node, self.world)
+        self._fault_port = fault_port
+        self.faults: AdminServer | None = None  # link faults (partition/heal), when asked
+        self._pending: dict[int, tuple[Done, float, str]] = {}
+        self._next_rid = 0
+        self._last_ms = 0
+        self._stopped = False
+        self.room = asyncio.Event()
+        self.room.set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def _make_node(self) -> Node:
+        return RaftNode(lambda: self._sm, self._cfg)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    async def open(self) -> None:
+        await self.transport.start()
+        if self._fault_port is not None:
+            self.faults = AdminServer(self.transport, self.status)
+            await self.faults.start("127.0.0.1", self._fault_port)
+        self.driver.start()
+
+    def start(self) -> None:
+        assert self.driver.alive, "RaftApplyPath.open() must run before start()"
+
+    def now_ms(self) -> int:
+        self._last_ms = max(self._last_ms, int(time.time() * 1000))
+        return self._last_ms
+
+    # --- the node ----------------------------------------------------------------------------
+
+    def _fatal(self, exc: BaseException) -> None:
+        if not self._stopped:
+            log.critical("%s: %s", self.node_id, exc)
+            self._on_fatal(exc)
+
+    def _on_peer_message(self, src: NodeId, msg: Any) -> None:
+        self._deliver(Received(src, msg))
+
+    def _deliver(self, event: Received | ClientRequest) -> None:
+        try:
+            self.driver.deliver(event)
+        except Exception as exc:  # the node or the state machine failed: stop loudly
+            self._fatal(exc)
+
+    def status(self) -> dict[str, Any]:
+        node = self.driver.node
+        st: dict[str, Any] = node.status() if isinstance(node, RaftNode) else {"state": "down"}
+        return {"role": st.get("role", st.get("state")), "term": st.get("term"),
+                "commit_index": st.get("commit"), "leader": st.get("lead") or None,
+                "raft_applied": st.get("applied"), "raft": st,
+                "peer_port": self.transport.port, "replayed_skipped": self._sm.skipped,
+                "fault_port": None if self.faults is None else self.faults.port,
+                "faults": self.transport.faults.to_json()}
+
+    def is_leader(self) -> bool:
+        node = self.driver.node
+        return isinstance(node, RaftNode) and node.status().get("role") == "leader"
+
+    # --- ApplyPath ---------------------------------------------------------------------------
+
+    def submit(self, items: list[tuple[kv.Batch, Done]]) -> None:
+        assert not self._stopped, "submit after the apply path stopped"
+        now, started = self.now_ms(), time.perf_counter()
+        for batch, done in items:
+            if any(isinstance(r, kv.Sweep) for r in batch.requests) and not self.is_leader():
+                # Active expiry is the leader's job (reads hide expired keys anyway).
+                self._loop.call_soon(done, kv.Applied((0,)))
+                continue
+            self._next_rid += 1
+            rid = self._next_rid
+            kind = "read" if batch.read_only else "write"
+            self._pending[rid] = (done, started, kind)
+            f, data = encode_command(batch, now)
+            self._deliver(ClientRequest(rid, f, None, data))
+            if not self.driver.alive and rid in self._pending:
+                self._on_reply(Reply(rid, "fail", error="node is down"))
+        self._update_events()
+
+    def try_inline(self, batch: kv.Batch) -> Result | None:
+        return None  # every request goes through the node (ReadIndex or the log)
+
+    def _on_reply(self, reply: Reply) -> None:
+        entry = self._pending.pop(reply.request_id, None)
+        if entry is None:
+            return
+        done, started, kind = entry
+        self._metrics.latency.labels(kind).observe(time.perf_counter() - started)
+        result: Result
+        if reply.type == "ok":
+            result = unpack_applied(reply.value)
+        elif reply.type == "fail":
+            result = ErrorReply(f"TRYAGAIN {reply.error or reply.value}; nothing was applied")
+        else:
+            result = ErrorReply(f"CLUSTERDOWN {reply.error or 'outcome unknown'}")
+        self._metrics.applied_index.set(self._sm.kv.applied_index)
+        # Not re-entrant: the server may submit again from `done`.
+        self._loop.call_soon(done, result)
+        self._update_events()
+
+    def _update_events(self) -> None:
+        if len(self._pending) >= min(limits.server_apply_queue_max, self._cfg.pending_max):
+            self.room.clear()
+        else:
+            self.room.set()
+        if self._pending:
+            self.idle.clear()
+        else:
+            self.idle.set()
+
+    async def stop(self) -> None:
+        """Drop the node (pending requests stay unanswered: their clients are closed)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.faults is not None:
+            await self.faults.close()
+        await asyncio.to_thread(self.world.close)
+        self.driver.crash()
+        await self.transport.close()
+        self._pending.clear()
+        self._update_events()
+

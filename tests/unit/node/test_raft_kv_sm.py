@@ -1,0 +1,112 @@
+"""RaftKvSM: the Redis state machine as a RaftNode state machine (keeldb/node/raft_kv_sm.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from keeldb.codec.resp import ErrorReply, SimpleString
+from keeldb.errors import StateRestoreError, UsageError
+from keeldb.node import kvstate as kv
+from keeldb.node.raft_kv_sm import (
+    SKIPPED,
+    RaftKvSM,
+    decode_command,
+    encode_command,
+    pack_applied,
+    unpack_applied,
+)
+from keeldb.node.raft_node import Sessions
+from keeldb.storage.memory import MemoryEngine
+
+T0 = 1_700_000_000_000
+
+
+def write(sm: RaftKvSM, index: int, *reqs: kv.Request, now: int = T0) -> kv.Applied:
+    f, data = encode_command(kv.Batch(tuple(reqs)), now)
+    cmd, read_only = sm.command(f, None, data)
+    assert not read_only
+    kind, value = sm.apply(index, cmd)
+    assert kind == "ok"
+    return unpack_applied(value)
+
+
+def read(sm: RaftKvSM, *reqs: kv.Request, now: int = T0) -> tuple[kv.Reply, ...]:
+    f, data = encode_command(kv.Batch(tuple(reqs)), now)
+    cmd, read_only = sm.command(f, None, data)
+    assert read_only
+    kind, value = sm.read(cmd)
+    assert kind == "ok"
+    return unpack_applied(value).replies
+
+
+def test_commands_round_trip_and_say_whether_they_read_only() -> None:
+    batch = kv.Batch((kv.Set(b"k", b"v"), kv.Get(b"k")), (kv.WatchToken(b"k", 3, True),))
+    f, data = encode_command(batch, T0)
+    assert f == "write" and decode_command(data) == (T0, batch)
+    assert encode_command(kv.Batch((kv.Get(b"k"),)), T0)[0] == "read"
+    sm = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    with pytest.raises(UsageError, match="f='read'"):
+        sm.command("cas", None, data)
+    with pytest.raises(UsageError):
+        sm.command("write", None, "not bytes")
+
+
+def test_replies_survive_msgpack_for_the_session_table() -> None:
+    applied = kv.Applied((None, 3, b"x", SimpleString("OK"), ErrorReply("ERR no"),
+                          [b"a", None]), aborted=False)
+    assert unpack_applied(pack_applied(applied)) == applied
+    sm = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    sessions = Sessions(sm)
+    _, data = encode_command(kv.Batch((kv.Set(b"k", b"v"), kv.Get(b"k"))), T0)
+    _, _, result = sessions.apply(1, Sessions.encode("s", 1, 1, data))
+    snap = sessions.snapshot()  # packs the kept results: they must be msgpack-able
+    again = Sessions(RaftKvSM(kv.KvStateMachine(MemoryEngine())))
+    again.restore(snap)
+    assert again.lookup("s", 1) == (True, result)
+    assert read(again.sm, kv.Get(b"k")) == (b"v",)  # type: ignore[arg-type]
+
+
+def test_expiry_uses_the_proposers_time_and_log_time_never_goes_back() -> None:
+    sm = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    write(sm, 1, kv.Set(b"k", b"v", expire_mode=kv.EXPIRE_IN_MS, expire_ms=100), now=T0)
+    assert read(sm, kv.Get(b"k"), now=T0 + 50) == (b"v",)
+    assert read(sm, kv.Get(b"k"), now=T0 + 100) == (None,)
+    # A proposer whose clock is behind cannot bring the key back: log time stays at T0+200.
+    write(sm, 2, kv.Set(b"j", b"w"), now=T0 + 200)
+    write(sm, 3, kv.Set(b"j", b"w2"), now=T0 - 10_000)
+    assert sm.last_now_ms == T0 + 200
+    assert read(sm, kv.Get(b"k"), kv.Get(b"j"), now=T0) == (None, b"w2")
+
+
+def test_replayed_entries_the_store_holds_are_skipped() -> None:
+    engine = MemoryEngine()
+    sm = RaftKvSM(kv.KvStateMachine(engine))
+    for i in range(1, 4):
+        write(sm, i, kv.IncrBy(b"n", 1))
+    # Restart: the store kept index 3; the node replays its log from index 1.
+    again = RaftKvSM(kv.KvStateMachine(engine))
+    again.restore(b"")  # no Raft snapshot yet: the store stays
+    for i in range(1, 4):
+        assert again.apply(i, encode_command(kv.Batch((kv.IncrBy(b"n", 1),)), T0)[1]) == (
+            "ok", SKIPPED)
+    assert write(again, 4, kv.IncrBy(b"n", 1)).replies == (4,)
+    assert again.skipped == 3
+
+
+def test_snapshot_restores_a_store_behind_and_spares_one_ahead() -> None:
+    leader = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    for i in range(1, 6):
+        write(leader, i, kv.Set(f"k{i}".encode(), b"v"))
+    snap = leader.snapshot()
+    behind = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    write(behind, 1, kv.Set(b"stale", b"x"))
+    behind.restore(snap)
+    assert behind.kv.applied_index == 5
+    assert read(behind, kv.DbSize(), kv.Get(b"stale"), kv.Get(b"k5")) == (5, None, b"v")
+    ahead = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    for i in range(1, 8):
+        write(ahead, i, kv.Set(f"a{i}".encode(), b"v"))
+    ahead.restore(snap)  # index 7 > 5: the store is a later state of the same log
+    assert ahead.kv.applied_index == 7 and read(ahead, kv.DbSize()) == (7,)
+    with pytest.raises(StateRestoreError):
+        ahead.restore(b"\x93\x09\x01\xc4\x00")  # format 9

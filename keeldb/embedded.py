@@ -571,13 +571,7 @@ class DB:
 
     def compact(self) -> None:
         """Flush, then compact until no level has work left."""
-        self._check_open()
-        self._check_background()
-        with self._flush_lock:
-            with self._wal_lock:
-                self.engine.rotate()
-            while self.engine.flush_step():
-                pass
+        self.flush()
         with self._compact_lock:
             while self.engine.compact_step(True):
                 pass

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from keeldb import limits
-from keeldb.errors import InvalidKeyError, InvalidValueError, LimitExceededError, UsageError
+from keeldb.errors import (
+    ClosedError,
+    InvalidKeyError,
+    InvalidValueError,
+    LimitExceededError,
+    UsageError,
+)
 
 # Record kinds stored with every version of a key.
 KIND_DELETE = 0
@@ -245,3 +251,50 @@ def check_scan_args(start: object, end: object, limit: object) -> int:
             "page through the range with start= and a smaller limit"
         )
     return limit
+
+
+class SnapshotSource(Protocol):
+    """What an engine offers `SeqSnapshot`: reads at a sequence number and its release."""
+
+    def _get_at(self, key: bytes, seq: int) -> bytes | None: ...
+
+    def _scan_at(self, seq: int, start: bytes | None, end: bytes | None, reverse: bool,
+                 limit: int | None) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def _release(self, seq: int) -> None: ...
+
+    def _check_open(self) -> None: ...
+
+
+class SeqSnapshot:
+    """A registered sequence number of an engine: reads see the store as of `seq`."""
+
+    def __init__(self, engine: SnapshotSource, seq: int) -> None:
+        self._engine = engine
+        self.seq = seq
+        self._closed = False
+
+    def get(self, key: bytes) -> bytes | None:
+        self._check_open()
+        return self._engine._get_at(check_key(key), self.seq)
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check_open()
+        return self._engine._scan_at(self.seq, start, end, reverse, limit)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine._release(self.seq)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("snapshot is closed; take a new one with db.snapshot()")
+        self._engine._check_open()
+
+    def __enter__(self) -> SeqSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

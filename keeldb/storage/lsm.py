@@ -49,6 +49,7 @@ from keeldb.storage.engine import (
     STALL_STOP,
     LevelStats,
     Options,
+    SeqSnapshot,
     Stats,
     VerifyReport,
     check_key,
@@ -102,38 +103,8 @@ class Version:
             for tables in levels[1:] if tables)
 
 
-class LsmSnapshot:
-    """A registered sequence number: reads see the store as of `seq`."""
-
-    def __init__(self, engine: LsmEngine, seq: int) -> None:
-        self._engine = engine
-        self.seq = seq
-        self._closed = False
-
-    def get(self, key: bytes) -> bytes | None:
-        self._check_open()
-        return self._engine._get_at(check_key(key), self.seq)
-
-    def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
-             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        self._check_open()
-        return self._engine._scan_at(self.seq, start, end, reverse, limit)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._engine._release(self.seq)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("snapshot is closed; take a new one with db.snapshot()")
-        self._engine._check_open()
-
-    def __enter__(self) -> LsmSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class LsmSnapshot(SeqSnapshot):
+    """A registered sequence number of the LSM engine: reads see the store as of `seq`."""
 
 
 class LsmEngine:

@@ -17,6 +17,7 @@ from keeldb.storage.engine import (
     KIND_DELETE,
     KIND_PUT,
     LevelStats,
+    SeqSnapshot,
     Stats,
     VerifyReport,
     check_key,
@@ -36,43 +37,8 @@ class MemoryState:
         self.user_bytes = 0
 
 
-class MemorySnapshot:
-    """A read-only view at one sequence number."""
-
-    def __init__(self, engine: MemoryEngine, seq: int) -> None:
-        self._engine = engine
-        self.seq = seq
-        self._closed = False
-
-    def get(self, key: bytes) -> bytes | None:
-        self._check_open()
-        return self._engine._get_at(check_key(key), self.seq)
-
-    def scan(
-        self,
-        start: bytes | None = None,
-        end: bytes | None = None,
-        reverse: bool = False,
-        limit: int | None = None,
-    ) -> Iterator[tuple[bytes, bytes]]:
-        self._check_open()
-        return self._engine._scan_at(self.seq, start, end, reverse, limit)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._engine._release(self.seq)
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("snapshot is closed; take a new one with db.snapshot()")
-        self._engine._check_open()
-
-    def __enter__(self) -> MemorySnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+class MemorySnapshot(SeqSnapshot):
+    """A read-only view of the memory engine at one sequence number."""
 
 
 class MemoryEngine:

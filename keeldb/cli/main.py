@@ -21,6 +21,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keeldb.cli.node_cmds",
     "keeldb.cli.serve_cmds",
     "keeldb.cli.cluster_cmds",
+    "keeldb.cli.bench_cluster_cmds",
+    "keeldb.cli.bench_txn_cmds",
 )
 
 

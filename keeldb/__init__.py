@@ -34,6 +34,7 @@ from keeldb.errors import (
 )
 
 if TYPE_CHECKING:
+    from keeldb.client import connect
     from keeldb.embedded import DB, Snapshot, WriteBatch, open
     from keeldb.txn import Transaction, transactional
 
@@ -61,6 +62,7 @@ __all__ = [
     "WriteBatch",
     "WriteStallError",
     "__version__",
+    "connect",
     "open",
     "transactional",
 ]
@@ -74,6 +76,10 @@ def __getattr__(name: str) -> Any:
         from keeldb import embedded
 
         return getattr(embedded, name)
+    if name == "connect":
+        from keeldb.client import connect
+
+        return connect
     if name in _LAZY_TXN:
         from keeldb import txn
 

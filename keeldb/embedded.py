@@ -32,6 +32,7 @@ from typing import Any
 
 from keeldb import limits
 from keeldb.errors import (
+    BackgroundJobCancelledError,
     ClosedError,
     ConfigError,
     InvalidKeyError,
@@ -41,6 +42,7 @@ from keeldb.errors import (
     StorageIOError,
     WriteStallError,
 )
+from keeldb.runtime.real.compactor import ProcessRunner
 from keeldb.runtime.real.disk import RealDisk
 from keeldb.storage.engine import (
     KIND_DELETE,
@@ -63,6 +65,12 @@ from keeldb.types import SYNC_POLICIES
 
 LOCK_FILE = "LOCK"
 ENGINES = ("lsm", "memory")
+_KEY_MAX = limits.key_bytes_max
+_VALUE_MAX = limits.value_bytes_max
+_BATCH_OPS_MAX = limits.batch_ops_max
+_BATCH_BYTES_MAX = limits.batch_bytes_max
+# Where flushes and compactions run: a worker process (the writers keep the GIL) or threads.
+BACKGROUNDS = ("process", "thread")
 
 Op = tuple[int, bytes, bytes]
 
@@ -82,19 +90,51 @@ class _Writer:
         self.wake: Any = None
 
 
+def _holder_dead(holder: str) -> bool:
+    """Whether the LOCK's content names a process of this host that no longer runs: then the
+    lock is held only by its orphaned worker process, which exits within moments."""
+    fields = dict(f.partition("=")[::2] for f in holder.split())
+    if fields.get("host") != socket.gethostname() or not fields.get("pid", "").isdigit():
+        return False
+    try:
+        os.kill(int(fields["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _flock(fd: int, holder_dead: bool) -> bool:
+    """Try the lock; when its holder is dead, keep trying while its orphan worker exits."""
+    deadline = time.monotonic() + (limits.orphan_lock_wait_ms / 1000 if holder_dead else 0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+        time.sleep(limits.background_tick_ms / 1000)
+
+
 def _acquire_lock(path: str) -> int:
     """flock the LOCK file; its content names the holder for the error of the next one."""
     lock_path = os.path.join(path, LOCK_FILE)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = ""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
     except BlockingIOError:
         holder = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "unknown holder"
+        locked = _flock(fd, _holder_dead(holder))
+    if not locked:
         os.close(fd)
         raise LockedError(
             f"{path!r} is open in another process ({holder}); close it there first, or open "
             "a different directory"
-        ) from None
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
     return fd
@@ -130,6 +170,7 @@ class Snapshot:
 
 # The transaction layer's keyspace: hidden from plain scans, refused by plain writes.
 _RESERVED = MVCC_NAMESPACE
+assert _RESERVED[:1] == b"\0", "put()'s fast reserved-key check tests the first byte only"
 _RESERVED_END = MVCC_NAMESPACE[:-1] + bytes([MVCC_NAMESPACE[-1] + 1])
 
 
@@ -184,16 +225,17 @@ class WriteBatch:
         self._done = False
 
     def put(self, key: bytes, value: bytes) -> None:
-        # Inline fast checks: this runs once per key of every batch.
-        if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
+        # Inline fast checks (module constants, no attribute lookups): this runs once per
+        # key of every batch; anything unusual takes the checked path with its typed errors.
+        if type(key) is not bytes or not 0 < len(key) <= _KEY_MAX:
             key = check_key(key)
-        if type(value) is not bytes or len(value) > limits.value_bytes_max:
+        if type(value) is not bytes or len(value) > _VALUE_MAX:
             value = check_value(value)
-        if key[:1] == b"\0" and key.startswith(_RESERVED):
+        if not key[0] and key.startswith(_RESERVED):
             _refuse_reserved(key)
         ops = self._ops
         size = self._bytes + len(key) + len(value)
-        if self._done or len(ops) >= limits.batch_ops_max or size > limits.batch_bytes_max:
+        if size > _BATCH_BYTES_MAX or len(ops) >= _BATCH_OPS_MAX or self._done:
             self._add(KIND_PUT, key, value)
             return
         self._bytes = size
@@ -252,7 +294,9 @@ class DB:
     def __init__(self, path: str, *, sync: str = "batch",
                  sync_interval_ms: int = limits.sync_batch_interval_ms_default,
                  sync_bytes: int = limits.sync_batch_bytes_default, engine: str = "lsm",
-                 create: bool = True, **options: Any) -> None:
+                 create: bool = True, background: str = "process", **options: Any) -> None:
+        if background not in BACKGROUNDS:
+            raise ConfigError(f"background={background!r} is not one of {BACKGROUNDS}")
         if sync not in SYNC_POLICIES:
             raise ConfigError(f"sync={sync!r} is not one of {SYNC_POLICIES}")
         if engine not in ENGINES:
@@ -303,9 +347,17 @@ class DB:
             raise
         self._seen_version: Any = getattr(self.engine, "version", None)
         self._lsm = isinstance(self.engine, LsmEngine)
+        self.background = background if self._lsm else "thread"
+        self._runner: ProcessRunner | None = None
+        if self._lsm and background == "process":
+            self._runner = ProcessRunner(self.path, self._lock_fd, self.engine.runner.spec,
+                                         self.engine.runner, opts.memtable_bytes)
+            self.engine.runner = self._runner
         self._slowdown_files = opts.l0_slowdown_files
         self.get = self.engine.get  # type: ignore[method-assign]
         self._stop = False
+        self._idle_seq = -1  # last_seq seen by the idle check, and since when
+        self._idle_since = 0.0
         # Two workers: a long compaction step must not hold up flushes (writers would stall
         # on full memtables meanwhile); the engine installs their results one at a time.
         self._workers = [
@@ -318,11 +370,11 @@ class DB:
 
     # --- writes ------------------------------------------------------------------------------
     def put(self, key: bytes, value: bytes) -> None:
-        if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
+        if type(key) is not bytes or not 0 < len(key) <= _KEY_MAX:
             key = check_key(key)
-        if type(value) is not bytes or len(value) > limits.value_bytes_max:
+        if type(value) is not bytes or len(value) > _VALUE_MAX:
             value = check_value(value)
-        if key[:1] == b"\0" and key.startswith(_RESERVED):
+        if not key[0] and key.startswith(_RESERVED):
             _refuse_reserved(key)
         self._write([(KIND_PUT, key, value)], len(key) + len(value))
 
@@ -354,7 +406,7 @@ class DB:
             # Fast path, nobody else writing: no queue. A writer arriving now queues up and
             # its leader waits for the WAL lock, so the order stays one at a time.
             try:
-                version = self.engine.version
+                version = self.engine._version  # (the attribute: no property call per write)
                 if version.imms or len(version.l0) >= self._slowdown_files:
                     self._wal_lock.release()
                     try:
@@ -368,7 +420,7 @@ class DB:
                         self._sync_locked()
             finally:
                 self._wal_lock.release()
-            if self.engine.version is not self._seen_version:
+            if self.engine._version is not self._seen_version:
                 self._kick_background()
             return seq  # type: ignore[no-any-return]
         me = _Writer(ops, user_bytes)
@@ -494,6 +546,10 @@ class DB:
                 while not self._stop and step():
                     with self._bg_cv:
                         self._bg_cv.notify_all()
+                if role == "compact" and not self._stop:
+                    self._idle_compact()
+            except BackgroundJobCancelledError:
+                return  # close() cancelled the job: nothing was installed
             except BaseException as exc:  # keep reads working; writers see the error
                 self._bg_error = exc
                 with self._bg_cv:
@@ -509,6 +565,27 @@ class DB:
             if self._unsynced and not self._closed:
                 with contextlib.suppress(KeeldbError):  # marks the engine read-only on failure
                     self._sync_locked()
+
+    def _idle_compact(self) -> None:
+        """Reads probe every L0 table, so once writes have paused for
+        `limits.l0_idle_compaction_ms`, merge L0 into L1 even below the trigger (read-path
+        proposal). Writers never wait for it: it runs like any compaction step, and only
+        while nothing is being written."""
+        engine = self.engine
+        if not self._lsm:
+            return
+        seq = engine.last_seq
+        now = time.monotonic()
+        if seq != self._idle_seq:
+            self._idle_seq, self._idle_since = seq, now
+            return
+        version = engine.version
+        if now - self._idle_since < limits.l0_idle_compaction_ms / 1000 or version.imms or \
+                len(version.levels[0]) < limits.l0_idle_compaction_files:
+            return
+        with self._compact_lock:
+            if not self._closed:
+                engine.compact_step(True)  # with L0 non-empty, force picks L0 first
 
     def _flush_one(self) -> bool:
         with self._flush_lock:
@@ -607,6 +684,8 @@ class DB:
         with self._bg_cv:
             self._stop = True
             self._bg_cv.notify_all()
+        if self._runner is not None:
+            self._runner.cancel()  # a running job is dropped: its inputs are still live
         for worker in self._workers:
             worker.join()
         with self._flush_lock, self._compact_lock, self._wal_lock:
@@ -615,6 +694,8 @@ class DB:
                 if self.sync_policy != "never":
                     self.engine.sync()
             self.engine.close()
+        if self._runner is not None:
+            self._runner.close()  # the workers hold the lock fd too: gone before unlocking
         os.close(self._lock_fd)
 
     def __enter__(self) -> DB:
@@ -631,12 +712,16 @@ class DB:
 def open(path: str | os.PathLike[str], *, sync: str = "batch",  # noqa: A001 - public API name
          sync_interval_ms: int = limits.sync_batch_interval_ms_default,
          sync_bytes: int = limits.sync_batch_bytes_default, engine: str = "lsm",
-         create: bool = True, **options: Any) -> DB:
+         create: bool = True, background: str = "process", **options: Any) -> DB:
     """Open (or create) the store in directory `path`.
 
     `sync`: "always" (each write is fsynced before it returns; concurrent writers share
     fsyncs), "batch" (fsync at most every `sync_interval_ms` or `sync_bytes`), "never" (the
-    OS decides). `options` are fields of `keeldb.storage.engine.Options`.
+    OS decides). `background`: "process" runs flushes and compactions in a worker process,
+    so they do not compete with the writers for the GIL (falls back to in-process if the
+    worker fails); "thread" runs them in background threads of this process.
+    `options` are fields of `keeldb.storage.engine.Options`.
     """
     return DB(os.fspath(path), sync=sync, sync_interval_ms=sync_interval_ms,
-              sync_bytes=sync_bytes, engine=engine, create=create, **options)
+              sync_bytes=sync_bytes, engine=engine, create=create, background=background,
+              **options)

@@ -221,3 +221,30 @@ class TransactionTooOldError(RetryableError):
 
 class TransactionClosedError(ClosedError):
     """A transaction was used after its commit or rollback; begin a new one."""
+
+
+# --- transactions on the server and the cluster (area: txn server) ----------------------------
+
+
+class ServerReplyError(KeeldbError):
+    """The server answered a request with an error reply the client has no better class for;
+    the message is the server's text (it says what to do)."""
+
+
+class TryAgainError(RetryableError):
+    """The server did nothing this time (TRYAGAIN: no leader yet, a read not confirmed in
+    time); the same request may succeed in a moment, here or on another node."""
+
+
+# --- storage write path: background jobs in a worker process (area: storage write) ------------
+
+
+class BackgroundJobError(KeeldbError):
+    """A flush or compaction job failed in the worker process (it died, or reported an
+    error). The embedded store logs it and runs the job in-process instead; nothing to do
+    unless it repeats (then open with background="thread")."""
+
+
+class BackgroundJobCancelledError(BackgroundJobError):
+    """The store was closed while a background job ran; the job's outputs were discarded
+    (its inputs are still in the store, so nothing is lost)."""

@@ -176,3 +176,41 @@ server_gil_switch_interval_us = 200  # sys.setswitchinterval of the server proce
 
 # --- storage performance (area: storage perf) ------------------------------------------------
 table_write_buffer_bytes = 1024 * 1024  # table bytes a TableWriter gathers per write() call
+
+# --- cluster operations: membership, transfer, read modes (area: raftops) ---------------------
+raft_node_admin_pending_max = 16  # membership/transfer requests one node holds unanswered
+raft_node_admin_wait_ms = 5_000  # a conf change or transfer must be done within this
+cluster_learner_catchup_ms_max = 60_000  # `cluster add`: a learner must catch up within this
+cluster_learner_close_entries = 16  # a learner this close to the leader's last index is promoted
+admin_body_bytes_max = 4 * 1024  # JSON body of one admin HTTP POST
+
+# --- cluster benchmark (area: cluster perf) ---------------------------------------------------
+bench_cluster_samples_max = 5_000_000  # latency samples kept per benchmark point
+bench_cluster_concurrency_max = 4_096  # connections of one benchmark point
+bench_cluster_drain_s = 10.0  # after a point's window: time its requests in flight may take
+bench_cluster_ready_s = 30.0  # a benchmarked server (or cluster) must be ready within this
+server_raft_snapshot_entries = 20_000  # a server's applied entries between two Raft snapshots
+driver_io_group_max = 64  # queued disk ops a driver hands to its world as one job
+server_raft_heartbeat_ticks = 5  # a server leader heartbeats every 5 Raft ticks (50 ms)
+server_raft_election_ticks = 30  # a server's election timeout: 30-60 Raft ticks (300-600 ms)
+
+# --- transactions on the server and the cluster (area: txn server) ---------------------------
+txn_server_writes_max = 10_000  # keys one TXN on the server may write (one log entry at commit)
+txn_server_bytes_max = 4 * 1024 * 1024  # key + value bytes one server TXN may write (< raft entry)
+txn_server_reads_max = 100_000  # read tokens + scanned ranges one serializable server TXN tracks
+txn_server_age_ms_max = 60_000  # log-time age of a server TXN; older ones must restart
+txn_client_reply_bytes_max = 64 * 1024 * 1024  # bytes of one reply the Python client accepts
+
+# --- storage write path: background worker process (area: storage write) --------------------
+worker_frame_bytes_max = 8 * 1024 * 1024  # one message between the store and its worker
+worker_flush_chunk_entries = 16_384  # memtable versions per frame shipped to the worker
+worker_start_wait_ms = 30_000  # a worker that sends nothing for this long after start is dead
+worker_exit_wait_ms = 5_000  # close(): a cancelled worker must exit within this, else SIGKILL
+orphan_lock_wait_ms = 5_000  # open(): wait this long for an orphaned worker to drop the lock
+# A job smaller than memtable_bytes / this runs in-process: cheaper than shipping it, and a
+# small store never starts a worker.
+worker_job_min_memtable_divisor = 4
+# Reads probe every L0 table: after writes pause this long, L0 (when it holds at least
+# l0_idle_compaction_files tables) is merged into L1 even below l0_compaction_trigger.
+l0_idle_compaction_ms = 200
+l0_idle_compaction_files = 2

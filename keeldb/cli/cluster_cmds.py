@@ -3,13 +3,22 @@
     keeldb cluster start --nodes 3                 # RESP 6381.., Raft 6481.., admin 6581..
     keeldb cluster status                          # role, term, commit index of each node
     keeldb cluster stop                            # SIGTERM by recorded PID, SIGKILL after 10 s
+    keeldb cluster add n4                          # start a 4th node (--join), learner, voter
+    keeldb cluster add n4 10.0.0.4:7004 --admin 10.0.0.1:6581   # a node started by hand
+    keeldb cluster remove n3                       # the leader itself included
+    keeldb cluster transfer n2                     # hand leadership to n2
 
 Ports from `--base-port P`: node i (0-based) serves RESP on P+i, Raft on P+100+i, its HTTP
 admin (/status, /metrics) on P+200+i and link faults (`keeldb node partition --admin
 127.0.0.1:PORT`) on P+300+i; `--base-port 0` picks free ports. Each node keeps its
 data in DIR/<id> and its output in DIR/<id>.log; DIR/cluster.json records the layout and PIDs.
-The functions here (`plan_cluster`, `spawn`, `wait_ready`, `stop_pid`) are also what the
-integration tests drive real clusters with.
+The functions here (`plan_cluster`, `spawn`, `wait_ready`, `stop_pid`, `admin_post`) are
+also what the integration tests drive real clusters with.
+
+Membership commands talk to a node's admin port (POST /cluster/..., keeldb.server.raft_admin):
+with `--dir` they find the leader among the recorded nodes (and keep cluster.json in step:
+`add` records the node it starts, `remove` stops the removed node and drops it); with
+`--admin HOST:PORT` they ask that node, which must be the leader.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,11 +65,14 @@ class NodePlan:
     log: str
     fault_port: int = -1  # -1: none
     pid: int = 0
+    join: bool = False  # added after the cluster's start: `serve --join` (no bootstrap)
+    extra: tuple[str, ...] = ()  # more `keeldb serve` options (e.g. --snapshot-entries 50)
 
     def argv(self, peers: str) -> list[str]:
-        return [sys.executable, "-m", "keeldb", "serve", "--id", self.id, "--peers", peers,
+        flag = "--join" if self.join else "--peers"
+        return [sys.executable, "-m", "keeldb", "serve", "--id", self.id, flag, peers,
                 "--host", HOST, "--port", str(self.port), "--admin-port", str(self.admin_port),
-                "--data", self.data, "--fault-port", str(self.fault_port)]
+                "--data", self.data, "--fault-port", str(self.fault_port), *self.extra]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -211,7 +224,9 @@ def _running(plans: list[NodePlan]) -> list[str]:
 
 @cluster_app.command("start")
 def start(
-    nodes: int = typer.Option(3, "--nodes", help="how many nodes (3 or 5 for fault tolerance)"),
+    nodes: int = typer.Option(0, "--nodes",
+                              help="how many nodes (3 or 5 for fault tolerance); default 3, "
+                                   "or the recorded nodes of an existing --dir"),
     base_port: int = typer.Option(6381, "--base-port",
                                   help="RESP ports from here; +100 peer, +200 admin; 0: any"),
     directory: Path = typer.Option(Path("./keeldb-cluster"), "--dir",
@@ -221,17 +236,20 @@ def start(
     """Start N `keeldb serve --id --peers` processes in the background. In a DIR that
     holds a cluster already, start its nodes that are not running (a restart after a kill)."""
     directory.mkdir(parents=True, exist_ok=True)
-    plans = plan_cluster(nodes, base_port, directory)
     running: list[str] = []
     if (directory / CLUSTER_FILE).exists():
         old = load_cluster(directory)
         running = _running(old)
+        nodes = nodes or len(old)
+        plans = plan_cluster(nodes, base_port, directory)
         if len(old) != nodes:
             if running:
                 fail(f"{directory} holds a {len(old)}-node cluster with nodes "
                      f"{', '.join(running)} running; stop it or pass --nodes {len(old)}")
         else:
             plans = old  # a restart keeps the recorded ports: the Raft peers know them
+    else:
+        plans = plan_cluster(nodes or 3, base_port, directory)
     started: list[NodePlan] = []
     try:
         for plan in plans:
@@ -273,15 +291,17 @@ def status(
             st = admin_status(plan)
             row.update(up=True, role=st.get("role"), term=st.get("term"),
                        commit_index=st.get("commit_index"), leader=st.get("leader"),
-                       applied_index=st.get("applied_index"), keys=st.get("keys"))
+                       applied_index=st.get("applied_index"), keys=st.get("keys"),
+                       member=_membership(plan.id, st),
+                       snapshots_installed=st.get("snapshots_installed"))
         except NodeUnavailableError:
             row.update(up=False, role="down", term=None, commit_index=None, leader=None,
-                       applied_index=None, keys=None)
+                       applied_index=None, keys=None, member=None, snapshots_installed=None)
         rows.append(row)
     if as_json:
         print_json(rows)
         return
-    cols = ["id", "pid", "resp", "up", "role", "term", "commit_index", "leader",
+    cols = ["id", "pid", "resp", "up", "role", "member", "term", "commit_index", "leader",
             "applied_index", "keys"]
     print_table(f"keeldb cluster in {directory.resolve()}", cols,
                 [[("-" if r[c] is None else r[c]) for c in cols] for r in rows])
@@ -298,3 +318,160 @@ def stop(
     rows = [[p.id, p.pid, stop_pid(p.pid, p.id, timeout) if p.pid else "never started"]
             for p in plans]
     print_table(f"keeldb cluster in {directory.resolve()}", ["id", "pid", "result"], rows)
+
+
+def _membership(node: str, st: dict[str, Any]) -> str:
+    """voter / learner / none, as this node's own applied configuration says."""
+    if node in (st.get("voters") or ()):
+        return "voter"
+    if node in (st.get("learners") or ()):
+        return "learner"
+    return "none"
+
+
+# --- membership and leadership ---------------------------------------------------------------
+
+ADD_TIMEOUT_S = 90.0  # the server bounds the learner's catch-up; this only bounds the socket
+
+
+def admin_post(host: str, port: int, action: str, body: dict[str, Any],
+               timeout_s: float = ADD_TIMEOUT_S) -> tuple[int, dict[str, Any]]:
+    """POST /cluster/<action> to a node's admin port: (HTTP status, JSON reply)."""
+    req = urllib.request.Request(f"http://{host}:{port}/cluster/{action}", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310 - loopback
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return int(exc.code), json.loads(exc.read())
+        except ValueError:
+            return int(exc.code), {"ok": False, "error": "http", "message": str(exc)}
+    except (OSError, ValueError) as exc:
+        raise NodeUnavailableError(f"admin port {host}:{port} does not answer ({exc}); is "
+                                   "the node running?") from None
+
+
+def _split_addr(text: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not (colon and host and port.isdigit()):
+        raise ConfigError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def cluster_post(action: str, body: dict[str, Any], directory: Path | None,
+                 admin: str | None) -> dict[str, Any]:
+    """Send a membership/leadership action to the leader; the JSON reply, or fail()."""
+    if admin:
+        targets = [_split_addr(admin)]
+        by_id: dict[str, tuple[str, int]] = {}
+    else:
+        plans = load_cluster(directory or Path("./keeldb-cluster"))
+        by_id = {p.id: (HOST, p.admin_port) for p in plans}
+        targets = [(HOST, p.admin_port) for p in plans if _leader_first(p)]
+        targets += [a for a in by_id.values() if a not in targets]
+    reply: dict[str, Any] = {}
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while targets and time.monotonic() < deadline:
+        host, port = targets.pop(0)
+        try:
+            code, reply = admin_post(host, port, action, body)
+        except NodeUnavailableError as exc:
+            reply = {"ok": False, "error": "down", "message": exc.message}
+            continue
+        if code == 200:
+            return reply
+        if reply.get("error") == "not-leader" and reply.get("leader") in by_id:
+            targets.insert(0, by_id[reply["leader"]])
+        elif reply.get("error") == "no-leader":
+            time.sleep(0.2)
+            targets.append((host, port))
+        else:
+            break
+    fail(f"{action} failed: {reply.get('message', reply)}")
+
+
+def _leader_first(plan: NodePlan) -> bool:
+    try:
+        return admin_status(plan, timeout_s=1.0).get("role") == "leader"
+    except NodeUnavailableError:
+        return False
+
+
+def _start_local_member(directory: Path, node: str) -> tuple[NodePlan, str]:
+    """`cluster add ID` on a local cluster: start `serve --join` for a new node, record it."""
+    plans = load_cluster(directory)
+    if any(p.id == node for p in plans):
+        fail(f"{node} is already recorded in {directory / CLUSTER_FILE}; pick another id, or "
+             f"pass its address to re-add it (`keeldb cluster add {node} HOST:PORT`)")
+    data = directory.resolve() / node
+    if data.exists() and any(data.iterdir()):
+        fail(f"{data} is not empty: a new member starts from an empty data dir (it recovers "
+             "by snapshot); remove that dir or pick another id")
+    ports = _free_ports(4)
+    plan = NodePlan(node, ports[0], ports[1], ports[2], str(data),
+                    str(directory.resolve() / f"{node}.log"), ports[3], join=True)
+    everyone = [*plans, plan]
+    proc = spawn(plan, everyone)
+    plan = NodePlan(**{**asdict(plan), "pid": proc.pid})
+    save_cluster(directory, [*plans, plan])
+    wait_ready(plan, plan.pid)
+    return plan, f"{HOST}:{plan.peer_port}"
+
+
+@cluster_app.command("add")
+def add(
+    node: str = typer.Argument(..., help="the new member's id, e.g. n4"),
+    addr: str = typer.Argument("", help="its Raft HOST:PORT (as in its --join); empty with "
+                                        "--dir: start a new local node"),
+    directory: Path = typer.Option(Path("./keeldb-cluster"), "--dir", help="the cluster's dir"),
+    admin: str = typer.Option("", "--admin", help="HOST:PORT of the leader's admin port "
+                                                  "(instead of --dir)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Add a member: it joins as a learner, catches up, then is promoted to voter."""
+    plan = None
+    if not addr:
+        if admin:
+            fail("pass the new node's Raft address: keeldb cluster add ID HOST:PORT --admin ...")
+        plan, addr = _start_local_member(directory, node)
+    reply = cluster_post("add", {"id": node, "addr": addr}, None if admin else directory,
+                         admin or None)
+    if as_json:
+        print_json({**reply, **({"plan": asdict(plan)} if plan else {})})
+        return
+    where = f" (resp {HOST}:{plan.port}, admin {plan.admin_port}, pid {plan.pid})" if plan else ""
+    typer.echo(f"{node} at {addr} is a voter{where}")
+
+
+@cluster_app.command("remove")
+def remove(
+    node: str = typer.Argument(..., help="the member to remove (the leader itself is fine)"),
+    directory: Path = typer.Option(Path("./keeldb-cluster"), "--dir", help="the cluster's dir"),
+    admin: str = typer.Option("", "--admin", help="HOST:PORT of the leader's admin port"),
+    keep_running: bool = typer.Option(False, "--keep-running",
+                                      help="with --dir: do not stop the removed node"),
+) -> None:
+    """Remove a member (a leader removing itself steps down once the change commits)."""
+    reply = cluster_post("remove", {"id": node}, None if admin else directory, admin or None)
+    stopped = ""
+    if not admin and (directory / CLUSTER_FILE).exists():
+        plans = load_cluster(directory)
+        gone = [p for p in plans if p.id == node]
+        if gone and not keep_running:
+            stopped = f"; its process {stop_pid(gone[0].pid, node)}" if gone[0].pid else ""
+            save_cluster(directory, [p for p in plans if p.id != node])
+    changed = "removed" if reply.get("changed") else "was not a member"
+    typer.echo(f"{node} {changed}{stopped}")
+
+
+@cluster_app.command("transfer")
+def transfer(
+    node: str = typer.Argument(..., help="the voter that should lead"),
+    directory: Path = typer.Option(Path("./keeldb-cluster"), "--dir", help="the cluster's dir"),
+    admin: str = typer.Option("", "--admin", help="HOST:PORT of the leader's admin port"),
+) -> None:
+    """Hand leadership to another voter (it must be caught up; bounded wait)."""
+    reply = cluster_post("transfer", {"id": node}, None if admin else directory, admin or None)
+    typer.echo(f"{reply['leader']} leads")

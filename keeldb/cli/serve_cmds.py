@@ -5,6 +5,8 @@
     redis-cli -p 6380 set a b
     keeldb serve --id n1 --peers n1=127.0.0.1:7001,n2=127.0.0.1:7002,n3=127.0.0.1:7003 \
         --port 6381 --data ./n1               # one Raft-replicated node (docs/cluster.md)
+    keeldb serve --id n4 --join n1=127.0.0.1:7001,n2=...,n4=127.0.0.1:7004 \
+        --port 6384 --data ./n4               # a new member; then `keeldb cluster add n4 ...`
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ def serve(
     fault_port: int = typer.Option(-1, "--fault-port",
                                    help="Raft mode: loopback port for link faults (keeldb node "
                                         "partition|isolate|heal --admin); -1: none, 0: any"),
+    join: str = typer.Option("", "--join",
+                             help="Raft mode, a NEW member: n1=HOST:PORT,... the current "
+                                  "members' peer ports and this node's; it waits as a "
+                                  "non-voter until `keeldb cluster add` (instead of --peers)"),
+    read_mode: str = typer.Option("readindex", "--read-mode",
+                                  help="Raft mode: readindex (linearizable, default) or lease "
+                                       "(no heartbeat round per read; assumes bounded clock "
+                                       "drift, docs/cluster.md)"),
+    redirect: bool = typer.Option(False, "--redirect",
+                                  help="Raft mode: a follower answers writes with MOVED 0 "
+                                       "HOST:PORT (the leader) instead of forwarding them"),
+    snapshot_entries: int = typer.Option(0, "--snapshot-entries",
+                                         help="Raft mode: applied entries between two "
+                                              "snapshots (0: "
+                                              f"{limits.server_raft_snapshot_entries})"),
     sweep_interval_ms: int = typer.Option(limits.server_sweep_interval_ms_default,
                                           "--sweep-interval-ms",
                                           help="period of the expired-key sweep"),
@@ -55,4 +72,6 @@ def serve(
                      admin_port=None if admin_port == -1 else admin_port,
                      max_clients=max_clients, node_id=node_id,
                      sweep_interval_ms=sweep_interval_ms, peers=peers,
-                     fault_port=None if fault_port == -1 else fault_port), ready)
+                     fault_port=None if fault_port == -1 else fault_port, join=join,
+                     read_mode=read_mode, snapshot_entries=snapshot_entries,
+                     redirect=redirect), ready)

@@ -3,6 +3,7 @@
     keeldb sim --system primary-backup --seed 8812 --faults drop,crash --trace
     keeldb sim --system register --seeds 1000           # a swarm: the seed picks the faults
     keeldb sim --system echo --bench                    # simulated deliveries per second
+    keeldb sim --system raft-redis --workload write-skew --isolation snapshot --seeds 20
     keeldb sim --list-faults
 
 Exit codes: 0 every check passed, 3 a check found a violation, 2 bad option.
@@ -20,13 +21,16 @@ from keeldb.errors import UsageError
 from keeldb.runtime.sim.faults import SPECS, Fault, parse_faults
 from keeldb.testing.cluster import (
     CLIENTS_DEFAULT,
+    ISOLATION_DEFAULT,
     SAFETY_TICKS_DEFAULT,
     SYSTEMS,
     SimConfig,
     SimResult,
     bench,
     run_sim,
+    workloads_of,
 )
+from keeldb.testing.redis_workloads import ISOLATIONS, REDIS_WORKLOADS
 from keeldb.testing.workloads import WORKLOADS
 
 FAILURES_SHOWN_MAX = 20
@@ -42,11 +46,15 @@ def sim(
                                       help="Comma list of faults, 'none' or 'all'; default: "
                                            "the seed picks a subset (swarm testing)."),
     workload: str = typer.Option("register", "--workload",
-                                 help=f"One of: {', '.join(WORKLOADS)}."),
+                                 help=f"One of: {', '.join(WORKLOADS)}; raft-redis: "
+                                      f"{', '.join(REDIS_WORKLOADS)}."),
     ticks_max: int = typer.Option(SAFETY_TICKS_DEFAULT, "--ticks-max",
                                   help="Length of the safety phase in ticks (1 tick = 1 ms of "
                                        "virtual time)."),
     clients: int = typer.Option(CLIENTS_DEFAULT, "--clients", help="Concurrent clients."),
+    isolation: str = typer.Option(ISOLATION_DEFAULT, "--isolation",
+                                  help="raft-redis only: 'watch' (WATCH/MULTI/EXEC) or a TXN "
+                                       f"level ({', '.join(ISOLATIONS[1:])})."),
     trace: bool = typer.Option(False, "--trace", help="Print the readable event trace."),
     history_out: str | None = typer.Option(None, "--history-out",
                                            help="Write the single run's history (JSON lines)."),
@@ -66,8 +74,13 @@ def sim(
         fail(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}", EXIT_USAGE)
     if not SYSTEMS[system].checkable:
         fail(f"system {system!r} serves no workload: use it with --bench", EXIT_USAGE)
-    if workload not in WORKLOADS:
-        fail(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}", EXIT_USAGE)
+    if workload not in workloads_of(system):
+        fail(f"unknown workload {workload!r} for system {system!r}; known: "
+             f"{', '.join(workloads_of(system))}", EXIT_USAGE)
+    if isolation not in ISOLATIONS or (isolation != ISOLATION_DEFAULT
+                                       and SYSTEMS[system].runner is None):
+        fail(f"--isolation {isolation!r} is not valid for system {system!r}; raft-redis takes "
+             f"{', '.join(ISOLATIONS)}", EXIT_USAGE)
     if ticks_max <= 0 or clients <= 0 or seeds < 0:
         fail("--ticks-max and --clients must be positive, --seeds not negative", EXIT_USAGE)
     try:
@@ -76,10 +89,10 @@ def sim(
         fail(exc.message, EXIT_USAGE)
     if seeds:
         failed = _swarm(system, range(seed_start, seed_start + seeds), chosen, workload,
-                        ticks_max, clients, as_json)
+                        ticks_max, clients, as_json, isolation)
     else:
         config = SimConfig(system, seed, chosen, workload, ticks_max, clients=clients,
-                           trace=trace)
+                           trace=trace, isolation=isolation)
         result = run_sim(config)
         if history_out:
             with open(history_out, "w", encoding="utf-8") as out:
@@ -128,7 +141,8 @@ def _show_one(result: SimResult, as_json: bool, trace: bool) -> None:
 
 
 def _swarm(system: str, seeds: range, faults: tuple[Fault, ...] | None, workload: str,
-           ticks_max: int, clients: int, as_json: bool) -> bool:
+           ticks_max: int, clients: int, as_json: bool,
+           isolation: str = ISOLATION_DEFAULT) -> bool:
     failures: list[SimResult] = []
     exercised: dict[str, int] = {}
     ops = 0
@@ -138,7 +152,8 @@ def _swarm(system: str, seeds: range, faults: tuple[Fault, ...] | None, workload
     with progress:
         task = progress.add_task("swarm", total=len(seeds), system=system, failed=0)
         for s in seeds:
-            r = run_sim(SimConfig(system, s, faults, workload, ticks_max, clients=clients))
+            r = run_sim(SimConfig(system, s, faults, workload, ticks_max, clients=clients,
+                                  isolation=isolation))
             ops += len(r.history)
             for name in r.faults_exercised:
                 exercised[name] = exercised.get(name, 0) + 1

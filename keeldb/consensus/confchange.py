@@ -31,17 +31,26 @@ class ConfChangeType(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ConfChange:
+    """One membership change. `context` is opaque to the core (as in etcd): the node puts
+    the members' addresses there so every replica applying the change learns them."""
+
     type: ConfChangeType
     node: NodeId
+    context: bytes = b""
 
     def encode(self) -> bytes:
-        return msgpack.packb([self.type.value, str(self.node)])
+        if not self.context:
+            return msgpack.packb([self.type.value, str(self.node)])  # the original format
+        return msgpack.packb([self.type.value, str(self.node), self.context],
+                             use_bin_type=True)
 
     @staticmethod
     def decode(data: bytes) -> ConfChange:
         try:
-            kind, node = msgpack.unpackb(data)
-            return ConfChange(ConfChangeType(kind), NodeId(node))
+            kind, node, *rest = msgpack.unpackb(data)
+            if len(rest) > 1 or (rest and not isinstance(rest[0], bytes)):
+                raise ValueError(f"unexpected fields {rest!r}")
+            return ConfChange(ConfChangeType(kind), NodeId(node), rest[0] if rest else b"")
         except (ValueError, TypeError, msgpack.UnpackException) as e:
             raise CorruptionError(f"conf change entry does not decode ({e}): {data!r}") from e
 

@@ -51,6 +51,9 @@ from keeldb.types import NodeId
 # Responses that promise durable state: never sent before the Ready is persisted.
 _AFTER_PERSIST = frozenset({MsgType.APP_RESP, MsgType.VOTE_RESP})
 _VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOTE_RESP}
+# Context of an APP_RESP reject a follower sends on a heartbeat whose commit index is past
+# its last entry: it lost entries it had acknowledged (a wiped disk).
+LOST_ENTRIES = b"lost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,13 @@ class Raft:
         self.recv_snap = snapshots.Receiver()
         self._ready_out = False
         self.ticks = 0  # local logical clock: lease reads measure their lease in it
+        # Set by the node for a member it found wiped (its disk lost the vote and the
+        # entries it had acknowledged): it neither votes nor campaigns, it only replicates,
+        # until an operator removes it and adds it back (docs/cluster.md).
+        self.refuse_votes = False
+        self._app_since_heartbeat = False  # see the HEARTBEAT case of _handle_from_leader
+        self.votes_refused = 0  # vote requests refused because of `refuse_votes`
+        self.refused_for_index = 0  # the longest candidate log among them
         self._become_follower(self.term, NONE)
 
     # --- public requests ------------------------------------------------------------------
@@ -322,7 +332,7 @@ class Raft:
     # --- roles ----------------------------------------------------------------------------
 
     def promotable(self) -> bool:
-        return self.id in self.conf.voters
+        return self.id in self.conf.voters and not self.refuse_votes
 
     def _reset(self, term: int) -> None:
         assert term >= self.term, f"term must never decrease: {self.term} -> {term}"
@@ -501,6 +511,13 @@ class Raft:
             self._step_follower(m)
 
     def _handle_vote(self, m: Message) -> None:
+        if self.refuse_votes:
+            # A wiped member: voting could elect a leader that lacks entries it had
+            # acknowledged before the wipe, or vote twice in one term.
+            self.votes_refused += 1
+            self.refused_for_index = max(self.refused_for_index, m.index)
+            self._send(Message(_VOTE_RESP[m.type], to=m.frm, term=self.term, reject=True))
+            return
         can_vote = (self.vote == m.frm
                     or (self.vote == NONE and self.lead == NONE)
                     or (m.type == MsgType.PRE_VOTE and m.term > self.term))
@@ -557,11 +574,20 @@ class Raft:
             self.log.commit_to(min(m.commit, self.log.last_index()))
             self._send(Message(MsgType.HEARTBEAT_RESP, to=m.frm, frm=self.id, term=self.term,
                                context=m.context, index=m.index))
+            if m.commit > self.log.last_index() and not self._app_since_heartbeat:
+                # The leader believes we acknowledged entries we do not hold (a wiped disk)
+                # and may send nothing but heartbeats (an idle cluster): ask it to probe us.
+                # (Not when an append came since the last heartbeat: we answered that.)
+                self._send(Message(MsgType.APP_RESP, to=m.frm, index=m.commit, reject=True,
+                                   reject_hint=self.log.last_index(),
+                                   log_term=self.log.last_term(), context=LOST_ENTRIES))
+            self._app_since_heartbeat = False
         else:
             for resp in snapshots.receive_chunk(self, m):
                 self._send(resp)
 
     def _handle_append(self, m: Message) -> None:
+        self._app_since_heartbeat = True
         if m.index < self.log.committed:
             self._send(Message(MsgType.APP_RESP, to=m.frm, index=self.log.committed))
             return
@@ -667,6 +693,11 @@ class Raft:
         return self.log.term_or_zero(self.log.committed) == self.term
 
     def _handle_append_resp(self, m: Message, pr: Progress) -> None:
+        if m.reject and m.context == LOST_ENTRIES:
+            if pr.state == ProgressState.REPLICATE and m.reject_hint < pr.match:
+                pr.become_probe()  # probe at match: the answer lowers match (maybe_decr_to)
+                self._send_append(m.frm)
+            return
         if m.reject:
             hint = m.reject_hint
             if m.log_term > 0:

@@ -24,6 +24,10 @@ an expiry in between. Deleted keys keep their version as a tombstone (at most
 version every absent key without a tombstone reports, so eviction can only cause a spurious
 conflict, never a missed one).
 
+Transactions. `TxnStart` (read-only: the version S), `TxnStep` (read-only: a dry run of one
+request over the transaction's own writes) and `TxnCommit` (one entry, validated at apply
+against S) are executed by `keeldb.node.kvtxn`, which explains the rules.
+
 Sessions. A batch may carry (client id, seq). The reply of each client's last seq is kept
 (at most `limits.kv_sessions_max` clients, least recently used evicted), so a retried write
 applies exactly once and gets its first reply back.
@@ -199,12 +203,47 @@ class Sweep:
     count: int
 
 
+TxnWrite = tuple[bytes, bytes | None, int]  # key, payload (None = deleted), expire_at_ms
+TxnToken = tuple[bytes, int, bool]  # key, version, live: what a transaction read
+TxnRange = tuple[bytes, bytes | None]  # scanned keys start <= key < end (None = no end)
+
+
+@dataclass(frozen=True, slots=True)
+class TxnStart:
+    """Start an interactive transaction (read-only): the reply is [version S, now_ms]."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnStep:
+    """A dry run of one ordinary request inside a transaction (read-only; see kvtxn)."""
+
+    start: int  # the snapshot version S
+    started_ms: int  # log time of TxnStart (the age limit counts from it)
+    isolation: str
+    overlay: tuple[TxnWrite, ...]  # the transaction's own writes the request may see
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class TxnCommit:
+    """Commit a transaction (a write: one log entry), validated at apply (see kvtxn)."""
+
+    start: int
+    started_ms: int
+    isolation: str
+    writes: tuple[TxnWrite, ...]
+    reads: tuple[TxnToken, ...] = ()
+    ranges: tuple[TxnRange, ...] = ()
+
+
 Request = (Get | Set | Del | Exists | MGet | MSet | IncrBy | Append | StrLen | GetDel | GetSet
-           | Scan | Keys | DbSize | Ttl | Expire | Persist | Watch | Sweep)
-READ_ONLY: tuple[type, ...] = (Get, Exists, MGet, StrLen, Scan, Keys, DbSize, Ttl, Watch)
+           | Scan | Keys | DbSize | Ttl | Expire | Persist | Watch | Sweep | TxnStart | TxnStep
+           | TxnCommit)
+READ_ONLY: tuple[type, ...] = (Get, Exists, MGet, StrLen, Scan, Keys, DbSize, Ttl, Watch,
+                               TxnStart, TxnStep)
 _TAGS: dict[type, int] = {cls: i for i, cls in enumerate(
     (Get, Set, Del, Exists, MGet, MSet, IncrBy, Append, StrLen, GetDel, GetSet, Scan, Keys,
-     DbSize, Ttl, Expire, Persist, Watch, Sweep))}
+     DbSize, Ttl, Expire, Persist, Watch, Sweep, TxnStart, TxnStep, TxnCommit))}
 _CLASSES = {i: cls for cls, i in _TAGS.items()}
 
 
@@ -247,9 +286,36 @@ def is_read_only(request: Request) -> bool:
 # --- log entry encoding ----------------------------------------------------------------------
 
 
+def _encode_request(r: Request) -> list[Any]:
+    if isinstance(r, TxnStep):
+        return [_TAGS[TxnStep], r.start, r.started_ms, r.isolation, [list(w) for w in r.overlay],
+                _encode_request(r.request)]
+    if isinstance(r, TxnCommit):
+        return [_TAGS[TxnCommit], r.start, r.started_ms, r.isolation,
+                [list(w) for w in r.writes], [list(t) for t in r.reads],
+                [list(g) for g in r.ranges]]
+    return [_TAGS[type(r)], *astuple(r)]
+
+
+def _decode_request(item: list[Any]) -> Request:
+    tag, *fields = item
+    cls = _CLASSES[tag]
+    if cls is TxnStep:
+        start, started, iso, overlay, inner = fields
+        return TxnStep(start, started, iso, tuple((k, p, e) for k, p, e in overlay),
+                       _decode_request(inner))
+    if cls is TxnCommit:
+        start, started, iso, writes, reads, ranges = fields
+        return TxnCommit(start, started, iso, tuple((k, p, e) for k, p, e in writes),
+                         tuple((k, v, bool(lv)) for k, v, lv in reads),
+                         tuple((lo, hi) for lo, hi in ranges))
+    request: Request = cls(*[tuple(f) if isinstance(f, list) else f for f in fields])
+    return request
+
+
 def encode_batch(batch: Batch) -> bytes:
     """A batch as msgpack bytes for a log entry (decode with `decode_batch`)."""
-    reqs = [[_TAGS[type(r)], *astuple(r)] for r in batch.requests]
+    reqs = [_encode_request(r) for r in batch.requests]
     watches = [[w.key, w.version, w.live] for w in batch.watches]
     return msgpack.packb([1, reqs, watches, list(batch.session) if batch.session else None],
                          use_bin_type=True)
@@ -258,10 +324,7 @@ def encode_batch(batch: Batch) -> bytes:
 def decode_batch(data: bytes) -> Batch:
     fmt, reqs, watches, session = msgpack.unpackb(data, raw=False, use_list=True)
     assert fmt == 1, f"batch format {fmt} is unknown to this build"
-    requests = []
-    for tag, *fields in reqs:
-        cls = _CLASSES[tag]
-        requests.append(cls(*[tuple(f) if isinstance(f, list) else f for f in fields]))
+    requests = [_decode_request(item) for item in reqs]
     return Batch(tuple(requests), tuple(WatchToken(k, v, lv) for k, v, lv in watches),
                  (session[0], session[1]) if session else None)
 
@@ -875,10 +938,17 @@ def _h_sweep(ctx: _Ctx, req: Sweep) -> Reply:
     return removed
 
 
+def _h_txn(ctx: _Ctx, req: TxnStart | TxnStep | TxnCommit) -> Reply:
+    from keeldb.node import kvtxn  # kvtxn builds on this module: import it when first used
+
+    return kvtxn.execute(ctx, req)
+
+
 _HANDLERS: dict[type, Callable[[_Ctx, Any], Reply]] = {
     Get: _h_get, Set: _h_set, Del: _h_del, Exists: _h_exists, MGet: _h_mget, MSet: _h_mset,
     IncrBy: _h_incrby, Append: _h_append, StrLen: _h_strlen, GetDel: _h_getdel,
     GetSet: _h_getset, Scan: _h_scan, Keys: _h_keys, DbSize: _h_dbsize, Ttl: _h_ttl,
     Expire: _h_expire, Persist: _h_persist, Watch: _h_watch, Sweep: _h_sweep,
+    TxnStart: _h_txn, TxnStep: _h_txn, TxnCommit: _h_txn,
 }
 assert set(_HANDLERS) == set(_TAGS), "every request type needs a handler and a tag"

@@ -41,11 +41,30 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import crc32c
 import msgpack
 
 from keeldb import limits
-from keeldb.consensus import Config, EntryType, Raft, Ready
-from keeldb.errors import CorruptionError, ProposalDroppedError, UsageError
+from keeldb.consensus import (
+    ConfChange,
+    ConfChangeType,
+    Config,
+    Entry,
+    EntryType,
+    MemoryStorage,
+    Message,
+    MsgType,
+    Raft,
+    Ready,
+    Role,
+)
+from keeldb.errors import (
+    ConfChangeRefusedError,
+    CorruptionError,
+    LimitExceededError,
+    ProposalDroppedError,
+    UsageError,
+)
 from keeldb.node import raft_codec
 from keeldb.node.effects import (
     Apply,
@@ -69,13 +88,28 @@ from keeldb.types import NodeId
 
 MS = 1_000_000
 TICK_TIMER = "raft-tick"
+FLUSH_TIMER = "raft-flush"  # a host's "end of this turn" (RaftNodeConfig.propose_on_flush)
 SUSPECT_FILE = "raft.suspect"
-STALE_READ = "stale"
+# Wiped-member detection (docs/cluster.md). MEMBER_FILE holds two lines: the state (b"" or
+# WIPED) and the disk's lineage, a name made at its empty start. Every node ANNOUNCEs its
+# lineage through the log; the replicated book keeps the first lineage seen per member until
+# the member is removed. A node whose book entry names another lineage was known to the
+# cluster before its empty start: its disk was wiped. It then neither votes nor campaigns
+# (`Raft.refuse_votes`) and only replicates, until an operator removes and re-adds it.
+# A `--join` start is JOINING until its own ADD_LEARNER applies: a snapshot it is fed may
+# predate its earlier removal, so the book is not trusted before that.
+MEMBER_FILE = "raft.member"
+WIPED, JOINING = b"wiped", b"joining"
+STALE_READ = "stale"  # ClientRequest.key (or .value) of a read served from local state
+# ClientRequest.f of the membership and leadership requests (docs/design/raft-node.md)
+CONF_CHANGE, TRANSFER = "conf-change", "transfer"
+# ClientRequest.f: replicate "this node's client (RESP) address is value" (for redirects)
+ANNOUNCE = "announce"
 # Damage must be read this many times with identical bytes before the node acts on it (cuts
 # a torn tail or refuses to start): one read may be a transient bit flip, and on a small file
 # two reads flipping the same bit are not rare enough in a swarm (seed 243).
 DAMAGE_CONFIRM_READS = 3
-ENTRY_OVERHEAD_BYTES = 1024  # session id, seq and low around a command in an entry  # ClientRequest.value of a read that may be served from local state
+ENTRY_OVERHEAD_BYTES = 1024  # session id, seq and low around a command in an entry
 
 
 class StateMachine(Protocol):
@@ -101,6 +135,11 @@ def _suspect_reads(note: bytes, fp: bytes) -> int:
     """How many earlier reads saw exactly the bytes fingerprinted `fp` (0 if others)."""
     seen, _, count = note.rpartition(b"#")
     return int(count) if seen == fp and count.isdigit() else 0
+
+
+def _member_ok(rec: Any) -> bool:
+    return (isinstance(rec, list) and len(rec) == 2 and all(isinstance(x, str) for x in rec)
+            and rec[0] in ("", WIPED.decode(), JOINING.decode()))
 
 
 def _pack(obj: Any) -> bytes:
@@ -132,16 +171,25 @@ class Sessions:
         self.sessions_max = sessions_max
         self.done_max = done_max
         self.table: dict[str, _Session] = {}
+        # Replicated beside the table: member id -> its Raft address "HOST:PORT", learned
+        # from the context of applied conf changes (so a node fed a snapshot knows them too).
+        self.members: dict[str, str] = {}
+        # member id -> [its client (RESP) address, its disk's lineage], from ANNOUNCE
+        # entries: redirect errors name the address, wipe detection compares the lineage
+        self.clients: dict[str, list[str]] = {}
 
     @staticmethod
-    def encode(session: str, seq: int, low: int, command: bytes) -> bytes:
+    def encode(session: str, seq: int, low: int, command: bytes, kind: str = "") -> bytes:
+        """`kind` "" is a state-machine command; ANNOUNCE is [node, address] for `clients`."""
         assert 0 < low <= seq, (low, seq)
+        if kind:
+            return _pack([session, seq, low, command, kind])
         return _pack([session, seq, low, command])
 
     def apply(self, index: int, data: bytes) -> tuple[str, int, list[Any] | None]:
         """Apply one entry. Returns (session, seq, [type, value]) or None as the result when
         the entry was a late copy of an answered command (not applied)."""
-        session, seq, low, command = _unpack(data)
+        session, seq, low, command, *kind = _unpack(data)
         s = self.table.get(session)
         if s is None:
             if len(self.table) >= self.sessions_max:
@@ -154,8 +202,14 @@ class Sessions:
             return session, seq, None
         if seq in s.done:
             return session, seq, s.done[seq]
-        kind, value = self.sm.apply(index, bytes(command))
-        result = [kind, value]
+        if kind == [ANNOUNCE]:
+            node, addr, lineage = (str(x) for x in _unpack(command))
+            known = self.clients.get(node)
+            if known is None or known[1] == lineage:  # the first lineage stays
+                self.clients[node] = [addr, lineage]
+            result: list[Any] = ["ok", None]
+        else:
+            result = list(self.sm.apply(index, bytes(command)))
         s.done[seq] = result
         if len(s.done) > self.done_max:
             self._raise_low(s, min(s.done) + 1)
@@ -180,14 +234,20 @@ class Sessions:
     def snapshot(self) -> bytes:
         table = [[k, s.low, s.last_index, [[q, *r] for q, r in s.done.items()]]
                  for k, s in self.table.items()]
-        return _pack([table, self.sm.snapshot()])
+        return _pack([table, self.sm.snapshot(), dict(sorted(self.members.items())),
+                      dict(sorted(self.clients.items()))])
 
     def restore(self, data: bytes) -> None:
         if not data:
             self.table = {}
+            self.members = {}
+            self.clients = {}
             self.sm.restore(b"")
             return
-        table, inner = _unpack(data)
+        table, inner, *rest = _unpack(data)
+        self.members = {str(k): str(v) for k, v in (rest[0] if rest else {}).items()}
+        self.clients = {str(k): [str(v[0]), str(v[1])]
+                        for k, v in (rest[1] if len(rest) > 1 else {}).items()}
         self.table = {str(k): _Session(int(low), int(last), {int(q): [t, v] for q, t, v in done})
                       for k, low, last, done in table}
         self.sm.restore(bytes(inner))
@@ -208,6 +268,16 @@ class RaftNodeConfig:
     retry_ticks: int = 10  # re-propose / re-ask a read not answered after this many ticks
     pending_max: int = limits.raft_node_pending_requests_max
     sessions_max: int = limits.raft_node_sessions_max
+    # A new member (`keeldb serve --join`): an empty disk starts with no membership at all
+    # (no bootstrap); it learns the cluster from the leader's snapshot, as a learner.
+    join: bool = False
+    # ReadIndex answered from the leader's lease, without a heartbeat round (clock bound:
+    # docs/cluster.md "Read modes"); off = every linearizable read confirms leadership.
+    lease_reads: bool = False
+    # Client requests wait for a Tick named FLUSH_TIMER (or any other event that hands out
+    # a Ready) before the core sees them: a host that sends one flush per event-loop turn
+    # makes every request of the turn one proposal, one append and one fsync.
+    propose_on_flush: bool = False
 
     def __post_init__(self) -> None:
         assert self.tick_ns > 0 and self.snapshot_entries > 0 and self.keep_entries >= 0, self
@@ -234,6 +304,16 @@ class _Read:
     index: int | None = None  # the read index, once confirmed
     asked: bool = False
     asked_at: int = -1
+
+
+@dataclass(slots=True)
+class _Admin:
+    """A membership or leadership request waiting for its outcome."""
+
+    request_id: int
+    deadline: int
+    change: ConfChange | None = None  # answered when an equal change applies here
+    target: str = ""  # TRANSFER: answered when this node sees `target` lead
 
 
 @dataclass(slots=True)
@@ -268,7 +348,16 @@ class RaftNode:
         self.start_sync = -1
         self.inflight: tuple[Ready, int] | None = None  # the Ready waiting for its sync
         self.writes: dict[int, _Write] = {}  # seq -> write
+        # Writes not yet given to the core: while a Ready waits for its sync, new writes
+        # gather here and go to the core as ONE proposal when it is handed out (`_pump`),
+        # so a busy node sends one MsgApp per follower per fsync, not one per write.
+        self.queued: dict[int, None] = {}  # seqs, in arrival order
         self.reads: dict[bytes, _Read] = {}  # ReadIndex context -> read
+        self.admin: dict[int, _Admin] = {}  # request id -> membership/transfer request
+        self.member_state = b""  # MEMBER_FILE's first line as last persisted
+        self.lineage = ""  # MEMBER_FILE's second line: this disk's name (see MEMBER_FILE)
+        # Called (by the host, outside the core) with the address book when it changes.
+        self.on_members: Callable[[dict[str, str]], None] | None = None
 
     # --- the Node contract -----------------------------------------------------------------
 
@@ -317,7 +406,11 @@ class RaftNode:
             self.dlog = DurableLog(recover_prefix(ev.files, rec.log_valid))
             out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
         elif rec.empty:
-            self.dlog, writes = DurableLog.bootstrap(tuple(sorted((ev.node, *ev.peers))))
+            if self.cfg.join:
+                self.dlog = DurableLog(MemoryStorage())  # no membership: the leader sends it
+                writes = self.dlog.rewrite()
+            else:
+                self.dlog, writes = DurableLog.bootstrap(tuple(sorted((ev.node, *ev.peers))))
             out += self._persists(writes)
         else:
             self.dlog = DurableLog(rec.storage)
@@ -330,6 +423,33 @@ class RaftNode:
         st = self.dlog.storage
         # Unique per incarnation: entries of an earlier incarnation never match our seqs.
         self.session = f"{ev.node}@{ev.now_ns}.{st.hard_state.term}.{st.last_index()}"
+        if rec.empty:
+            self.lineage = self.session
+            log_replace = out.pop()
+            assert isinstance(log_replace, Persist), log_replace
+            self.member_state = JOINING if self.cfg.join else b""
+            out.append(self._member_persist())
+            out.append(Persist(self._next_op(), log_replace.file, log_replace.data,
+                               log_replace.replace))
+        else:
+            data = ev.files.get(MEMBER_FILE, b"")
+            recs, _, problem = raft_codec.decode_records(data, MEMBER_FILE)
+            if problem or len(recs) > 1 or (recs and not _member_ok(recs[0])):
+                # Replaced atomically, so any damage is a bad read or a bad disk: read again,
+                # refuse to start once the same bytes were read DAMAGE_CONFIRM_READS times.
+                fp = b"member:" + str(crc32c.crc32c(data)).encode()
+                seen = _suspect_reads(ev.files.get(SUSPECT_FILE, b""), fp)
+                if seen + 1 >= DAMAGE_CONFIRM_READS:
+                    raise CorruptionError(
+                        f"node {ev.node!r}: {MEMBER_FILE} is corrupt (read {seen + 1} times); "
+                        "remove the member (`keeldb cluster remove`), wipe its data dir and "
+                        "add it again", path=MEMBER_FILE)
+                self.state = "halting"
+                note = fp + b"#" + str(seen + 1).encode()
+                return [Persist(self._next_op(), SUSPECT_FILE, note, replace=True)]
+            # No file: a disk older than MEMBER_FILE, one fixed lineage per node
+            state, self.lineage = recs[0] if recs else ("", f"legacy:{ev.node}")
+            self.member_state = state.encode()
         last = out[-1]
         assert isinstance(last, Persist) and last.file == LOG_FILE and last.replace, last
         self.start_sync = last.op  # the core runs once this replace is durable
@@ -343,9 +463,14 @@ class RaftNode:
         self.sessions.restore(snap.data)
         self.applied = snap.index
         cfg = Config(id=self.id, election_ticks=self.cfg.election_ticks,
-                     heartbeat_ticks=self.cfg.heartbeat_ticks, applied=snap.index)
+                     heartbeat_ticks=self.cfg.heartbeat_ticks, applied=snap.index,
+                     lease_reads=self.cfg.lease_reads,
+                     # the lease ends a fifth of an election timeout early: clock-rate drift
+                     lease_margin_ticks=max(2, self.cfg.election_ticks // 5))
         self.raft = Raft(cfg, st, random.Random(f"raft:{self.session}"))
+        self.raft.refuse_votes = self.member_state == WIPED
         self.state = "running"
+        self._members_changed()
         return [SetTimer(TICK_TIMER, self.cfg.tick_ns), *self._pump()]
 
     # --- events ----------------------------------------------------------------------------
@@ -366,6 +491,8 @@ class RaftNode:
         return []
 
     def _tick(self, ev: Tick) -> list[Effect]:
+        if ev.name == FLUSH_TIMER and self.state == "running":
+            return self._pump()
         if ev.name != TICK_TIMER or self.state != "running":
             return []
         assert self.raft is not None
@@ -373,6 +500,7 @@ class RaftNode:
         self.raft.tick()
         out: list[Effect] = [SetTimer(TICK_TIMER, self.cfg.tick_ns)]
         out += self._retry_or_expire()
+        out += self._admin_progress()
         return out + self._pump()
 
     def _received(self, ev: Received) -> list[Effect]:
@@ -396,17 +524,24 @@ class RaftNode:
     def _request(self, req: ClientRequest) -> list[Effect]:
         if self.state != "running":
             return [Reply(req.request_id, "fail", error="node is recovering; retry")]
+        if req.f in (CONF_CHANGE, TRANSFER):
+            return self._admin_request(req) + self._pump()
         if len(self.writes) + len(self.reads) >= self.cfg.pending_max:
             return [Reply(req.request_id, "fail",
                           error=f"{self.cfg.pending_max} requests pending on {self.id}, the "
                                 "limit raft_node_pending_requests_max; retry later")]
+        kind = ""
         try:
-            command, read_only = self.sessions.sm.command(req.f, req.key, req.value)
+            if req.f == ANNOUNCE:
+                command = _pack([str(req.key), str(req.value), self.lineage])
+                read_only, kind = False, ANNOUNCE
+            else:
+                command, read_only = self.sessions.sm.command(req.f, req.key, req.value)
         except (UsageError, ValueError, TypeError) as exc:
             return [Reply(req.request_id, "fail", error=str(exc))]
         deadline = self.ticks + self.cfg.request_wait_ticks
         if read_only:
-            if req.value == STALE_READ:
+            if STALE_READ in (req.key, req.value):
                 kind, value = self.sessions.sm.read(command)
                 return [Reply(req.request_id, "ok" if kind == "ok" else "fail", value)]
             ctx = f"{self.session}#{req.request_id}".encode()
@@ -419,11 +554,13 @@ class RaftNode:
                                     f"raft_entry_bytes_max={limits.raft_entry_bytes_max}; "
                                     "store large values outside the log")]
             self.seq += 1
-            low = min(self.writes, default=self.seq)
-            data = Sessions.encode(self.session, self.seq, low, command)
+            # The smallest pending seq: `writes` is keyed by increasing seq in insertion
+            # order, so it is the first key (O(1), not a scan per request).
+            low = next(iter(self.writes), self.seq)
+            data = Sessions.encode(self.session, self.seq, low, command, kind)
             self.writes[self.seq] = _Write(req.request_id, data, self.ticks, deadline)
-            self._propose(self.seq)
-        return self._pump()
+            self.queued[self.seq] = None  # proposed by `_pump` (at once if nothing waits)
+        return [] if self.cfg.propose_on_flush else self._pump()
 
     # --- client requests -------------------------------------------------------------------
 
@@ -438,6 +575,26 @@ class RaftNode:
             w.proposed = True
         except ProposalDroppedError:
             pass  # no leader known: tried again on the next tick
+
+    def _propose_queued(self) -> None:
+        """Give every queued write to the core, in proposal messages of at most
+        raft_proposal_entries_max entries (one append, one MsgApp per follower each)."""
+        assert self.raft is not None
+        seqs = [q for q in self.queued if q in self.writes and not self.writes[q].proposed]
+        self.queued.clear()
+        step = limits.raft_proposal_entries_max
+        for i in range(0, len(seqs), step):
+            chunk = [self.writes[q] for q in seqs[i:i + step]]
+            try:
+                self.raft.step(Message(MsgType.PROP, frm=self.id, entries=tuple(
+                    Entry(0, 0, w.data) for w in chunk)))
+            except ProposalDroppedError:
+                for w in chunk:
+                    w.tried_at = self.ticks  # no leader known: tried again on a tick
+                continue
+            for w in chunk:
+                w.proposed = True
+                w.tried_at = self.ticks
 
     def _ask_read(self, ctx: bytes) -> None:
         assert self.raft is not None
@@ -455,11 +612,14 @@ class RaftNode:
         for seq, w in list(self.writes.items()):
             if self.ticks >= w.deadline or (not w.proposed and self.ticks - w.born >= unaccepted):
                 del self.writes[seq]
+                self.queued.pop(seq, None)
                 if w.proposed:
                     out.append(Reply(w.request_id, "info", error="no commit in time; the write "
                                      "may or may not have happened"))
                 else:
                     out.append(Reply(w.request_id, "fail", error="no leader; retry"))
+            elif seq in self.queued:
+                continue  # proposed with the next Ready
             elif not w.proposed or self.ticks - w.tried_at >= self.cfg.retry_ticks:
                 self._propose(seq)
         for ctx, r in list(self.reads.items()):
@@ -489,13 +649,110 @@ class RaftNode:
         kind, value = result
         return [Reply(w.request_id, "ok" if kind == "ok" else "fail", value)]
 
+    # --- membership and leadership ----------------------------------------------------------
+
+    def _admin_request(self, req: ClientRequest) -> list[Effect]:
+        """CONF_CHANGE (key = [type, node id], value = context bytes): propose it, answer
+        when it applied here. TRANSFER (key = target): answer when the target leads."""
+        assert self.raft is not None
+        if len(self.admin) >= limits.raft_node_admin_pending_max:
+            return [Reply(req.request_id, "fail",
+                          error=f"{len(self.admin)} membership requests pending, limit "
+                                "raft_node_admin_pending_max; retry when they finished")]
+        deadline = self.ticks + limits.raft_node_admin_wait_ms // limits.raft_node_tick_ms
+        try:
+            if req.f == TRANSFER:
+                target = str(req.key)
+                if target not in self.raft.conf.voters:
+                    return [Reply(req.request_id, "fail",
+                                  error=f"{target!r} is not a voter (voters: "
+                                        f"{', '.join(self.raft.conf.voters)}); add it first")]
+                if self.raft.lead == target:
+                    return [Reply(req.request_id, "ok", {"leader": target})]
+                self.raft.transfer_leader(NodeId(target))
+                self.admin[req.request_id] = _Admin(req.request_id, deadline, target=target)
+            else:
+                kind, node = req.key
+                cc = ConfChange(ConfChangeType(kind), NodeId(str(node)), bytes(req.value or b""))
+                self.raft.propose_conf_change(cc)
+                self.admin[req.request_id] = _Admin(req.request_id, deadline, change=cc)
+        except (ConfChangeRefusedError, ProposalDroppedError, LimitExceededError,
+                ValueError, TypeError) as exc:
+            return [Reply(req.request_id, "fail", error=str(exc))]
+        return []
+
+    def _admin_progress(self) -> list[Effect]:
+        """Answer transfers that finished and requests that ran out of time."""
+        assert self.raft is not None
+        out: list[Effect] = []
+        for rid, a in list(self.admin.items()):
+            if a.target and self.raft.lead == a.target:
+                del self.admin[rid]
+                out.append(Reply(rid, "ok", {"leader": a.target}))
+            elif self.ticks >= a.deadline:
+                del self.admin[rid]
+                what = f"transfer to {a.target}" if a.target else f"change {a.change}"
+                out.append(Reply(rid, "info", error=f"{what} not done within "
+                                 f"{limits.raft_node_admin_wait_ms} ms; check /status"))
+        return out
+
+    def _conf_applied(self, cc: ConfChange) -> list[Effect]:
+        if cc.context:
+            try:
+                book = _unpack(cc.context)
+                self.sessions.members.update({str(k): str(v) for k, v in book.items()})
+            except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
+                self.stats.bad_messages += 1  # an address book we cannot read: keep ours
+        out: list[Effect] = []
+        if cc.node == self.id and cc.type != ConfChangeType.REMOVE:
+            out += self._joined()
+        if cc.type == ConfChangeType.REMOVE:
+            self.sessions.members.pop(cc.node, None)
+            self.sessions.clients.pop(cc.node, None)  # re-added later, it announces anew
+        self._members_changed()
+        for rid, a in list(self.admin.items()):
+            if a.change is not None and (a.change.type, a.change.node) == (cc.type, cc.node):
+                del self.admin[rid]
+                out.append(Reply(rid, "ok", {"change": cc.type.value, "node": cc.node}))
+        return out
+
+    def _joined(self) -> list[Effect]:
+        """This node is a member: a JOINING disk now trusts the book (see MEMBER_FILE)."""
+        if self.member_state != JOINING:
+            return []
+        self.member_state = b""
+        return [self._member_persist()]
+
+    def _members_changed(self) -> None:
+        if self.on_members is not None:
+            self.on_members(dict(self.sessions.members))
+
+    def _check_wiped(self) -> list[Effect]:
+        """Has the replicated book another lineage for our id? Then our disk was wiped."""
+        assert self.raft is not None
+        known = self.sessions.clients.get(self.id)
+        if known is None or known[1] == self.lineage or self.member_state in (WIPED, JOINING):
+            return []
+        self.member_state = WIPED
+        self.raft.refuse_votes = True
+        # Unsynced: a lost write re-runs this check after a restart, with the same result.
+        return [self._member_persist()]
+
+    def _member_persist(self) -> Persist:
+        record = raft_codec.encode_record([self.member_state.decode(), self.lineage])
+        return Persist(self._next_op(), MEMBER_FILE, record, replace=True)
+
     # --- the Ready loop --------------------------------------------------------------------
 
     def _pump(self) -> list[Effect]:
         """Hand out Readies until one must wait for its sync (one in flight at a time)."""
         assert self.raft is not None and self.dlog is not None
         out: list[Effect] = []
-        while self.inflight is None and self.raft.has_ready():
+        while self.inflight is None:
+            if self.queued:
+                self._propose_queued()
+            if not self.raft.has_ready():
+                break
             rd = self.raft.ready()
             self.stats.readies += 1
             out += [Send(m.to, raft_codec.encode_message(m)) for m in rd.messages]
@@ -506,14 +763,48 @@ class RaftNode:
                 out += [Send(m.to, raft_codec.encode_message(m), after=sync.op)
                         for m in rd.messages_after_persist]
                 self.inflight = (rd, sync.op)
+                out += self._apply_durable(rd)
             else:
-                # Nothing to wait for: at most a new commit index, written without a sync
-                # (a lost commit index is learned again from the leader, as in etcd).
-                out += self._persists(self.dlog.ready_writes(rd))
+                # Nothing to wait for: at most a new commit index. It is not written at all
+                # (a disk job per commit, twice per write at one client): a lost commit index
+                # is learned again from the leader, as in etcd, so a stale one on disk is as
+                # good; the next append carries the hard state when it changes again, and a
+                # compaction writes the current one.
+                assert not rd.entries and rd.snapshot is None, "a durable batch not synced"
                 out += [Send(m.to, raft_codec.encode_message(m))
                         for m in rd.messages_after_persist]
                 out += self._finish(rd)
         return out
+
+    def _apply_durable(self, rd: Ready) -> list[Effect]:
+        """Apply the committed entries of `rd` that this node's log already holds durably,
+        without waiting for the sync of `rd`'s new entries: committed means durable on a
+        quorum, so only this node's own copy could be missing, and it is not. On a leader
+        that is every committed entry (it counts itself only for durable entries), so
+        replies leave one fsync earlier. Stops at a snapshot or a conf change (those are
+        applied with the core's `advance`, in `_finish`)."""
+        assert self.dlog is not None
+        if rd.snapshot is not None:
+            return []
+        durable = self.dlog.storage.last_index()
+        out: list[Effect] = []
+        applied = False
+        for e in rd.committed_entries:
+            if e.index <= self.applied:
+                continue
+            if e.index > durable or e.type != EntryType.NORMAL:
+                break
+            assert e.index == self.applied + 1, f"apply gap: {self.applied} -> {e.index}"
+            self.applied = e.index
+            self.stats.applied_entries += 1
+            applied = True
+            if not e.data:
+                continue
+            session, seq, result = self.sessions.apply(e.index, e.data)
+            out.append(Apply(e.index, [session, seq]))
+            if session == self.session:
+                out += self._answer_write(seq, result)
+        return out + self._serve_reads() if applied else out
 
     def _commit_only(self, rd: Ready) -> bool:
         """True if the batch changes nothing durable but the commit index."""
@@ -532,6 +823,10 @@ class RaftNode:
             self.sessions.restore(rd.snapshot.data)
             self.applied = rd.snapshot.index
             self.stats.snapshots_installed += 1
+            self._members_changed()
+            if self.id in rd.snapshot.meta.conf_state.learners:
+                # (not `voters`: a snapshot taken before our earlier removal lists us there)
+                out += self._joined()
             for seq in list(self.writes):
                 known, result = self.sessions.lookup(self.session, seq)
                 if known:
@@ -542,7 +837,10 @@ class RaftNode:
             assert e.index == self.applied + 1, f"apply gap: {self.applied} -> {e.index}"
             self.applied = e.index
             self.stats.applied_entries += 1
-            if e.type != EntryType.NORMAL or not e.data:
+            if e.type == EntryType.CONF_CHANGE:
+                out += self._conf_applied(ConfChange.decode(e.data))
+                continue
+            if not e.data:
                 continue
             session, seq, result = self.sessions.apply(e.index, e.data)
             out.append(Apply(e.index, [session, seq]))
@@ -554,7 +852,7 @@ class RaftNode:
                 r.index = rs.index
         out += self._serve_reads()
         self.raft.advance(rd)
-        return out + self._maybe_compact()
+        return out + self._check_wiped() + self._maybe_compact()
 
     def _maybe_compact(self) -> list[Effect]:
         assert self.raft is not None and self.dlog is not None
@@ -575,8 +873,22 @@ class RaftNode:
         if self.raft is None:
             return {"id": self.id, "state": self.state}
         s = self.raft.status()
+        r = self.raft
+        progress = {}
+        if s.role == Role.LEADER:
+            progress = {str(i): {"match": p.match, "next": p.next, "state": p.state.value,
+                                 "learner": p.is_learner, "inflight": p.inflights.count()}
+                        for i, p in sorted(r.prs.items()) if i != self.id}
         return {"id": self.id, "state": self.state, "role": s.role.value, "term": s.term,
                 "lead": s.lead, "commit": s.commit, "applied": self.applied,
                 "first_index": s.first_index, "last_index": s.last_index,
-                "pending_writes": len(self.writes), "pending_reads": len(self.reads)}
+                "pending_writes": len(self.writes), "pending_reads": len(self.reads),
+                "voters": list(s.conf.voters), "learners": list(s.conf.learners),
+                "progress": progress, "members": dict(self.sessions.members),
+                "clients": {k: v[0] for k, v in self.sessions.clients.items()},
+                "member_state": self.member_state.decode() or "ok", "lineage": self.lineage,
+                "refuse_votes": r.refuse_votes, "votes_refused": r.votes_refused,
+                "refused_for_index": r.refused_for_index, "lease_reads": r.cfg.lease_reads,
+                "snapshots_installed": self.stats.snapshots_installed,
+                "snapshots_taken": self.stats.snapshots_taken}
 

@@ -3,8 +3,10 @@
 `Driver` hosts one `Node` (see `keeldb.node.effects` for the contract) and executes the effects
 of each `step()` exactly once, in the contract's order:
 
-- disk ops (`Persist`, `Sync`) run one at a time per node, in submission order, through the
-  world's `Disk` port; each completion comes back to the node as `PersistDone`/`SyncDone`;
+- disk ops (`Persist`, `Sync`) run in submission order through the world's `Disk` port, one
+  group at a time per node (the ops queued while the disk was busy, at most
+  `limits.driver_io_group_max`, in one `submit_io`: a failed op ends its group, the later
+  ones fail unperformed); each completion comes back to the node as `PersistDone`/`SyncDone`;
 - `Send`/`Apply`/`Reply` with `after=op` are held until op succeeded, dropped if it failed or
   the node crashed; without `after` they run at once, after the batch's disk ops were submitted;
 - timers are kept here (a replaced, cancelled or pre-crash timer never fires).
@@ -227,17 +229,25 @@ class Driver:
         if len(effects) > 1:
             effects = sorted(effects, key=_phase)  # stable: keeps the node's order per phase
         inc = self.incarnation
+        io_queued = False
         for eff in effects:
             if self.incarnation != inc:
                 return  # a Halt or a synchronous crash ended this incarnation mid-batch
             self.stats.effects += 1
+            if isinstance(eff, Persist | Sync):
+                self._submit_disk_op(eff)
+                io_queued = True
+                continue
+            if io_queued:
+                # Start the batch's disk ops (one job) before its other effects.
+                io_queued = False
+                self._pump_io()
+                if self.incarnation != inc:
+                    return
             if type(eff) is Send and eff.after is None:  # the hot path of busy networks
                 assert eff.to != self.node_id, f"node {self.node_id!r} sends to itself"
                 self.stats.sends += 1
                 self.world.send(self.node_id, eff.to, eff.msg)
-            elif isinstance(eff, Persist | Sync):
-                self._submit_disk_op(eff)
-                self._pump_io()  # start it now: disk ops precede the batch's other effects
             elif isinstance(eff, Send | Apply | Reply):
                 self._gate(eff)
             elif isinstance(eff, SetTimer):
@@ -318,23 +328,62 @@ class Driver:
         self._io.append(eff)
 
     def _pump_io(self) -> None:
-        """Start queued disk ops one at a time; a loop, not recursion, for synchronous worlds."""
+        """Start the queued disk ops, one group at a time (every op queued when the disk is
+        free: typically a Ready's appends and its Sync, one trip to a real world's disk
+        thread); a loop, not recursion, for synchronous worlds."""
         if self._io_pumping:
             return
         self._io_pumping = True
         try:
             while not self._io_busy and self._io and self.node is not None:
-                eff = self._io.popleft()
+                take = min(len(self._io), limits.driver_io_group_max)
+                group = tuple(self._io.popleft() for _ in range(take))
                 self._io_busy = True
-                self.stats.disk_ops += 1
+                self.stats.disk_ops += take
                 inc = self.incarnation
+                box: list[IoResult] = []  # each op's result, as performed
                 self.world.submit_io(
                     self.node_id,
-                    partial(self._perform, inc, eff),
-                    partial(self._complete, inc, eff),
+                    partial(self._perform_group, inc, group, box),
+                    partial(self._complete_group, inc, group, box),
                 )
         finally:
             self._io_pumping = False
+
+    def _perform_group(self, inc: int, group: tuple[Persist | Sync, ...],
+                       box: list[IoResult]) -> IoResult:
+        """Run the ops of `group` in order, each result into `box`; stop at the first
+        failure (the later ones are not performed)."""
+        for eff in group:
+            result = self._perform(inc, eff)
+            box.append(result)
+            if not result[0]:
+                return result
+        return True, ""
+
+    def _complete_group(self, inc: int, group: tuple[Persist | Sync, ...],
+                        box: list[IoResult], result: IoResult) -> None:
+        if inc != self.incarnation:
+            return  # the node crashed while this group was in flight
+        assert self._io_busy, f"a disk op group of {self.node_id!r} completed twice"
+        ok, error = result
+        failed_at = len(group)
+        if not ok:
+            # The first op not performed ok failed (the world may fail a job it never ran,
+            # or one that ran: then its last op is the one that failed).
+            good = next((i for i, (op_ok, _) in enumerate(box) if not op_ok), len(box))
+            failed_at = min(good, len(group) - 1)
+        for i, eff in enumerate(group):
+            if inc != self.incarnation:
+                return  # completing an op halted the node: the rest is gone with it
+            if i < failed_at:
+                self._op_done(eff, (True, ""))
+            elif i == failed_at:
+                self._op_done(eff, (False, error))
+            else:
+                self._op_done(eff, (False, "an earlier disk op of its group failed"))
+        self._io_busy = False
+        self._pump_io()
 
     def _handle(self, disk: Disk, name: str) -> File:
         f = self._files.get(name)
@@ -372,13 +421,10 @@ class Driver:
             return False, exc.message
         return True, ""
 
-    def _complete(self, inc: int, eff: Persist | Sync, result: IoResult) -> None:
-        if inc != self.incarnation:
-            return  # the node crashed while this op was in flight
+    def _op_done(self, eff: Persist | Sync, result: IoResult) -> None:
         ok, error = result
-        assert self._io_busy and self._ops.get(eff.op, True) is _PENDING, (
+        assert self._ops.get(eff.op, True) is _PENDING, (
             f"disk op {eff.op} of {self.node_id!r} completed twice or out of order")
-        self._io_busy = False
         self._ops[eff.op] = ok
         if not ok:
             self.stats.disk_errors += 1
@@ -392,4 +438,3 @@ class Driver:
         done: Event = (SyncDone(eff.op, ok, error) if isinstance(eff, Sync)
                        else PersistDone(eff.op, ok, error))
         self.deliver(done)
-        self._pump_io()

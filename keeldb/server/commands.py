@@ -44,6 +44,7 @@ from keeldb.codec.resp import (
 )
 from keeldb.errors import CommandError, RespProtocolError
 from keeldb.node import kvstate as kv
+from keeldb.node import kvtxn
 
 REDIS_COMPAT_VERSION = "7.0.0"  # the Redis whose command behaviour this layer follows
 ERR_SYNTAX = "ERR syntax error"
@@ -260,6 +261,11 @@ SPECS: dict[str, CommandSpec] = {s.name: s for s in (
     _spec("watch", -2, "fast", "transactions", "Abort the next EXEC if keys change",
           keys=(1, -1, 1)),
     _spec("unwatch", 1, "fast", "transactions", "Forget watched keys"),
+    _spec("txn", -2, "", "transactions",
+          "TXN BEGIN [ISOLATION level] | COMMIT | ROLLBACK: an interactive transaction"),
+    _spec("readonly", 1, "fast", "cluster",
+          "Serve this connection's reads from the node's own state (may be stale)"),
+    _spec("readwrite", 1, "fast", "cluster", "Linearizable reads again (undo READONLY)"),
 )}
 
 
@@ -333,7 +339,8 @@ class _Slot:
     data: bytes | None = None
     close: Close | None = None
     proto: int = 2
-    kind: str = "plain"  # plain | exec | watch
+    kind: str = "plain"  # plain | exec | watch | txn_begin | txn_step | txn_commit
+    txn: kvtxn.TxnSession | None = None
     layout: list[Any] | None = None  # exec: queued entries (request index or a ready reply)
     keys: tuple[bytes, ...] = ()
 
@@ -351,6 +358,9 @@ class Connection:
         self.name: bytes | None = None
         self.authenticated = self.config.password is None
         self.closed = False
+        # READONLY (Redis Cluster): reads of this connection may be answered from the
+        # local replica's state without asking the leader (stale); READWRITE undoes it.
+        self.readonly = False
         self._multi: list[Any] | None = None  # queued: kv.Request or a ready reply
         self._multi_failed = False
         self._watches: dict[bytes, kv.WatchToken] = {}
@@ -359,6 +369,7 @@ class Connection:
         self._tickets: dict[int, _Slot] = {}
         self._next_ticket = 1
         self._blocked = False  # a WATCH is in flight: later requests wait for its tokens
+        self._txn: kvtxn.TxnSession | None = None  # TXN BEGIN .. COMMIT|ROLLBACK
 
     @property
     def pending_executes(self) -> int:
@@ -393,7 +404,10 @@ class Connection:
     def complete(self, ticket: int, result: kv.Applied | ErrorReply) -> list[Output]:
         """The node's answer to an `Execute` (or an error such as "TRYAGAIN ...")."""
         slot = self._tickets.pop(ticket)
-        if slot.kind == "watch":
+        if slot.kind.startswith("txn_"):
+            self._blocked = False
+            slot.data = encode_reply(self._txn_reply(slot, result), slot.proto)
+        elif slot.kind == "watch":
             self._blocked = False
             if isinstance(result, ErrorReply):
                 self._watch_failed = True  # EXEC must not run unguarded
@@ -470,6 +484,13 @@ class Connection:
             return
         if not self.authenticated and "no-auth" not in spec.flags:
             self._reply(ErrorReply("NOAUTH Authentication required."))
+            return
+        if self._txn is not None and (spec.parse is not None or spec.name in _TXN_REFUSED):
+            self._txn_command(spec, args, out)
+            return
+        if self._multi is not None and spec.name == "txn":
+            self._multi_failed = True
+            self._reply(ErrorReply("ERR TXN is not allowed inside MULTI; EXEC or DISCARD first"))
             return
         if self._multi is not None and spec.name not in ("exec", "discard", "multi", "watch",
                                                          "quit", "reset"):
@@ -578,6 +599,104 @@ class Connection:
         self._watches.clear()
         self._watch_failed = False
 
+    # --- interactive transactions (TXN, see keeldb.node.kvtxn) -------------------------------
+
+    @property
+    def in_txn(self) -> bool:
+        return self._txn is not None
+
+    def _c_txn(self, args: list[bytes], out: list[Output]) -> Reply:
+        sub = args[1].lower()
+        if sub == b"begin":
+            return self._txn_begin(args, out)
+        if sub not in (b"commit", b"rollback"):
+            raise _err(f"ERR unknown TXN subcommand '{args[1].decode(errors='replace')}'; use "
+                       "TXN BEGIN [ISOLATION level], TXN COMMIT or TXN ROLLBACK")
+        if len(args) != 2:
+            raise arity_error("txn|" + sub.decode())
+        txn, self._txn = self._txn, None
+        if txn is None:
+            raise _err(f"ERR TXN {sub.decode().upper()} without TXN BEGIN")
+        if sub == b"rollback":
+            return OK
+        if txn.state == "failed":
+            assert txn.error is not None
+            return txn.error
+        request = txn.commit_request()
+        if request is None:
+            return OK  # read-only: it committed at its snapshot
+        self._blocked = True  # later requests of this connection see the commit
+        self._execute(kv.Batch((request,)), out, _Slot(proto=self.proto, kind="txn_commit"))
+        return DEFERRED
+
+    def _txn_begin(self, args: list[bytes], out: list[Output]) -> Reply:
+        if self._txn is not None:
+            raise _err("ERR TXN BEGIN inside a transaction; TXN COMMIT or TXN ROLLBACK first")
+        if self.readonly:  # stale local reads would break the snapshot
+            raise _err("ERR TXN on a READONLY connection; send READWRITE first")
+        level = kvtxn.SERIALIZABLE
+        if len(args) == 4 and args[2].upper() == b"ISOLATION":
+            level = args[3].lower().decode(errors="replace")
+            if level not in kvtxn.LEVELS:
+                raise _err(f"ERR isolation {level!r} is not one of {', '.join(kvtxn.LEVELS)}")
+        elif len(args) != 2:
+            raise _err("ERR syntax error; use TXN BEGIN [ISOLATION "
+                       "read_committed|snapshot|serializable]")
+        self._txn = txn = kvtxn.TxnSession(level)
+        self._blocked = True  # every later command needs the snapshot
+        self._execute(kv.Batch((txn.start_request(),)), out,
+                      _Slot(proto=self.proto, kind="txn_begin", txn=txn))
+        return DEFERRED
+
+    def _txn_command(self, spec: CommandSpec, args: list[bytes], out: list[Output]) -> None:
+        """A data command inside TXN: one dry-run step (the next waits for its reply)."""
+        txn = self._txn
+        assert txn is not None
+        if spec.parse is None:
+            self._reply(ErrorReply(f"ERR {spec.name.upper()} is not allowed inside TXN; "
+                                   "TXN COMMIT or TXN ROLLBACK first"))
+            return
+        if txn.state == "failed":
+            assert txn.error is not None
+            self._reply(txn.error)
+            return
+        try:
+            request = spec.parse(args)
+        except CommandError as exc:
+            self._reply(ErrorReply(exc.message))
+            return
+        if not isinstance(request, kvtxn.ALLOWED):
+            self._reply(ErrorReply(f"ERR {spec.name.upper()} is not allowed inside TXN; run "
+                                   "it outside the transaction"))
+            return
+        self._blocked = True
+        self._execute(kv.Batch((txn.step_request(request),)), out,
+                      _Slot(proto=self.proto, kind="txn_step", txn=txn))
+
+    def _txn_reply(self, slot: _Slot, result: kv.Applied | ErrorReply) -> Reply:
+        txn = slot.txn
+        if slot.kind == "txn_commit":
+            if isinstance(result, ErrorReply):
+                if result.text.startswith("CLUSTERDOWN"):
+                    return ErrorReply(f"TXNUNKNOWN the commit's outcome is unknown "
+                                      f"({result.text}); read the data to learn whether it "
+                                      "committed")
+                return result  # TRYAGAIN: nothing was applied
+            return result.replies[0]
+        assert txn is not None
+        if slot.kind == "txn_begin":
+            if isinstance(result, ErrorReply):
+                if self._txn is txn:
+                    self._txn = None
+                return result
+            txn.started(result.replies[0])
+            return OK
+        if isinstance(result, ErrorReply):
+            return result  # the step did not run (TRYAGAIN ...): it may be sent again
+        if txn.state != "active":
+            return ErrorReply("ERR the transaction ended while this command ran")
+        return txn.absorb(result.replies[0])
+
     # --- connection commands ------------------------------------------------------------------
 
     def _c_ping(self, args: list[bytes], out: list[Output]) -> Reply:
@@ -601,11 +720,21 @@ class Connection:
 
     def _c_reset(self, args: list[bytes], out: list[Output]) -> Reply:
         self._multi = None
+        self._txn = None
         self._unwatch()
         self.proto = 2
         self.name = None
+        self.readonly = False
         self.authenticated = self.config.password is None
         return SimpleString("RESET")
+
+    def _c_readonly(self, args: list[bytes], out: list[Output]) -> Reply:
+        self.readonly = True
+        return OK
+
+    def _c_readwrite(self, args: list[bytes], out: list[Output]) -> Reply:
+        self.readonly = False
+        return OK
 
     def _check_password(self, user: bytes, password: bytes) -> bool:
         if self.config.password is None:
@@ -743,6 +872,10 @@ class Connection:
             lines.append("")
         # A verbatim string in RESP3, a bulk string in RESP2 (as Redis).
         return Verbatim("txt", "\r\n".join(lines).encode())
+
+
+# Connection commands refused inside TXN (data commands become steps; the others run as usual).
+_TXN_REFUSED = frozenset({"multi", "exec", "discard", "watch", "unwatch", "readonly"})
 
 
 def _check_name(name: bytes) -> bytes:

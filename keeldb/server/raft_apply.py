@@ -22,6 +22,7 @@ Error replies a client may see (both mean "try again"; redis-py raises `Response
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,17 +30,18 @@ from typing import Any
 
 from keeldb import limits
 from keeldb.codec.resp import ErrorReply
-from keeldb.errors import ConfigError
+from keeldb.errors import ConfigError, KeeldbError
 from keeldb.node import kvstate as kv
-from keeldb.node.effects import ClientRequest, Node, Received, Reply
+from keeldb.node.effects import ClientRequest, Node, Received, Reply, Tick
 from keeldb.node.raft_kv_sm import RaftKvSM, encode_command, unpack_applied
-from keeldb.node.raft_node import RaftNode, RaftNodeConfig
+from keeldb.node.raft_node import FLUSH_TIMER, RaftNode, RaftNodeConfig
 from keeldb.runtime.driver import Driver
 from keeldb.runtime.real.admin import AdminServer
 from keeldb.runtime.real.disk import RealDisk
 from keeldb.runtime.real.transport import Address, Transport
 from keeldb.runtime.real.world import RealWorld
 from keeldb.server.admin_http import ServerMetrics
+from keeldb.server.raft_admin import MembershipTransport
 from keeldb.types import NodeId
 
 log = logging.getLogger("keeldb.raft_apply")
@@ -74,17 +76,26 @@ class RaftApplyPath:
     def __init__(self, sm: kv.KvStateMachine, loop: asyncio.AbstractEventLoop,
                  metrics: ServerMetrics, *, node_id: str, peers: Mapping[str, Address],
                  raft_dir: str, on_fatal: Callable[[BaseException], None],
-                 config: RaftNodeConfig | None = None, fault_port: int | None = None) -> None:
+                 config: RaftNodeConfig | None = None, fault_port: int | None = None,
+                 join: bool = False, lease_reads: bool = False, redirect: bool = False) -> None:
         if node_id not in peers:
-            raise ConfigError(f"--id {node_id!r} is not in --peers ({', '.join(peers)}); list "
-                              "every node of the cluster, this one included")
+            raise ConfigError(f"--id {node_id!r} is not in --peers/--join ({', '.join(peers)}); "
+                              "list every node of the cluster, this one included")
         self.node_id = NodeId(node_id)
         self._sm = RaftKvSM(sm)
         self._loop, self._metrics, self._on_fatal = loop, metrics, on_fatal
-        self._cfg = config or RaftNodeConfig()
+        metrics.watch_raft(self.node_status)
+        self._redirect = redirect  # a follower answers writes with MOVED (leader's address)
+        # join: an empty disk starts with no membership (a learner-to-be, see raft_admin).
+        self._cfg = dataclasses.replace(config or RaftNodeConfig(), join=join,
+                                        lease_reads=lease_reads, propose_on_flush=True)
+        self._flush_due = False  # a FLUSH_TIMER tick is scheduled for the end of this turn
+        self._submitting = False  # inside submit(): replies wait for the next loop turn
+        self._observe: dict[str, Callable[[float], None]] = {}  # latency histogram per kind
         addrs = {NodeId(k): v for k, v in peers.items()}
-        self.transport = Transport(self.node_id, addrs[self.node_id], addrs,
-                                   self._on_peer_message, seed=f"raft-apply:{node_id}")
+        self.transport: Transport = MembershipTransport(
+            self.node_id, addrs[self.node_id], addrs, self._on_peer_message,
+            seed=f"raft-apply:{node_id}")
         self.world = RealWorld(self.node_id, RealDisk(raft_dir), self.transport, loop)
         self.world.reply_route = self._on_reply
         self.world.on_halt = lambda why: self._fatal(RuntimeError(f"raft node halted: {why}"))
@@ -93,6 +104,7 @@ class RaftApplyPath:
         self._fault_port = fault_port
         self.faults: AdminServer | None = None  # link faults (partition/heal), when asked
         self._pending: dict[int, tuple[Done, float, str]] = {}
+        self._admin: dict[int, asyncio.Future[tuple[str, Any, str | None]]] = {}
         self._next_rid = 0
         self._last_ms = 0
         self._stopped = False
@@ -102,7 +114,69 @@ class RaftApplyPath:
         self.idle.set()
 
     def _make_node(self) -> Node:
-        return RaftNode(lambda: self._sm, self._cfg)
+        node = RaftNode(lambda: self._sm, self._cfg)
+        node.on_members = self._on_members
+        return node
+
+    # --- membership (keeldb.server.raft_admin drives these) -----------------------------------
+
+    def _on_members(self, book: dict[str, str]) -> None:
+        """The replicated address book changed: dial new members where the book says."""
+        from keeldb.server.raft_admin import AdminActionError, parse_addr
+        for peer, text in sorted(book.items()):
+            try:
+                self.transport_add_peer(NodeId(peer), parse_addr(text))
+            except AdminActionError:
+                log.error("%s: member %s has a bad address %r in the book", self.node_id,
+                          peer, text)
+
+    def transport_add_peer(self, peer: NodeId, addr: Address) -> None:
+        assert isinstance(self.transport, MembershipTransport)
+        if self.transport.add_peer(peer, addr):
+            log.info("%s: peer %s at %s:%d", self.node_id, peer, addr[0], addr[1])
+
+    def addresses(self) -> dict[str, str]:
+        """Every member's Raft address this node knows (itself included)."""
+        assert isinstance(self.transport, MembershipTransport)
+        return self.transport.address_book()
+
+    def node_status(self) -> dict[str, Any]:
+        node = self.driver.node
+        return node.status() if isinstance(node, RaftNode) else {"state": "down"}
+
+    async def admin_request(self, f: str, key: Any, value: Any) -> tuple[str, Any, str | None]:
+        """Hand a membership/transfer request to the node; (reply type, value, error)."""
+        self._next_rid += 1
+        rid = self._next_rid
+        fut: asyncio.Future[tuple[str, Any, str | None]] = self._loop.create_future()
+        self._admin[rid] = fut
+        self._deliver(ClientRequest(rid, f, key, value))
+        if not self.driver.alive and rid in self._admin:
+            self._admin.pop(rid).set_result(("fail", None, "node is down"))
+        return await fut
+
+    def _moved(self) -> ErrorReply | None:
+        """--redirect: `MOVED 0 HOST:PORT` naming the leader's client address (Redis
+        Cluster's reply: redis-py raises MovedError), or None to forward as usual (this
+        node leads, or no leader or no address of it is known)."""
+        node = self.driver.node
+        if not isinstance(node, RaftNode) or node.raft is None:
+            return None
+        lead = node.raft.lead
+        if not lead or lead == self.node_id:
+            return None
+        known = node.sessions.clients.get(lead)
+        return None if known is None else ErrorReply(f"MOVED 0 {known[0]}")
+
+    def stale_read(self, batch: kv.Batch) -> Result:
+        """READONLY: answer a read from this node's own state now (maybe stale, never
+        waiting for the leader). The state machine is only changed on this loop."""
+        assert batch.read_only, batch
+        try:
+            return self._sm.kv.read_batch(batch, now_ms=max(self._sm.last_now_ms,
+                                                            self.now_ms()))
+        except KeeldbError as exc:
+            return ErrorReply(f"ERR {exc.message}")
 
     @property
     def inflight(self) -> int:
@@ -132,7 +206,7 @@ class RaftApplyPath:
     def _on_peer_message(self, src: NodeId, msg: Any) -> None:
         self._deliver(Received(src, msg))
 
-    def _deliver(self, event: Received | ClientRequest) -> None:
+    def _deliver(self, event: Received | ClientRequest | Tick) -> None:
         try:
             self.driver.deliver(event)
         except Exception as exc:  # the node or the state machine failed: stop loudly
@@ -146,7 +220,11 @@ class RaftApplyPath:
                 "raft_applied": st.get("applied"), "raft": st,
                 "peer_port": self.transport.port, "replayed_skipped": self._sm.skipped,
                 "fault_port": None if self.faults is None else self.faults.port,
-                "faults": self.transport.faults.to_json()}
+                "faults": self.transport.faults.to_json(),
+                "voters": st.get("voters"), "learners": st.get("learners"),
+                "member_state": st.get("member_state"),
+                "snapshots_installed": st.get("snapshots_installed"),
+                "read_mode": "lease" if self._cfg.lease_reads else "readindex"}
 
     def is_leader(self) -> bool:
         node = self.driver.node
@@ -157,11 +235,28 @@ class RaftApplyPath:
     def submit(self, items: list[tuple[kv.Batch, Done]]) -> None:
         assert not self._stopped, "submit after the apply path stopped"
         now, started = self.now_ms(), time.perf_counter()
+        self._submitting = True
+        try:
+            self._submit(items, now, started)
+        finally:
+            self._submitting = False
+        self._update_events()
+        if not self._flush_due and self._pending:
+            # Requests of every connection read in this loop turn become one proposal.
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+
+    def _submit(self, items: list[tuple[kv.Batch, Done]], now: int, started: float) -> None:
         for batch, done in items:
             if any(isinstance(r, kv.Sweep) for r in batch.requests) and not self.is_leader():
                 # Active expiry is the leader's job (reads hide expired keys anyway).
                 self._loop.call_soon(done, kv.Applied((0,)))
                 continue
+            if self._redirect and not batch.read_only:
+                moved = self._moved()
+                if moved is not None:
+                    self._loop.call_soon(done, moved)
+                    continue
             self._next_rid += 1
             rid = self._next_rid
             kind = "read" if batch.read_only else "write"
@@ -170,7 +265,11 @@ class RaftApplyPath:
             self._deliver(ClientRequest(rid, f, None, data))
             if not self.driver.alive and rid in self._pending:
                 self._on_reply(Reply(rid, "fail", error="node is down"))
-        self._update_events()
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if not self._stopped:
+            self._deliver(Tick(FLUSH_TIMER, self.world.now_ns(self.node_id)))
 
     def try_inline(self, batch: kv.Batch) -> Result | None:
         return None  # every request goes through the node (ReadIndex or the log)
@@ -178,9 +277,15 @@ class RaftApplyPath:
     def _on_reply(self, reply: Reply) -> None:
         entry = self._pending.pop(reply.request_id, None)
         if entry is None:
+            fut = self._admin.pop(reply.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result((reply.type, reply.value, reply.error))
             return
         done, started, kind = entry
-        self._metrics.latency.labels(kind).observe(time.perf_counter() - started)
+        observe = self._observe.get(kind)
+        if observe is None:  # labels() takes a lock and a dict lookup: once per kind
+            observe = self._observe[kind] = self._metrics.latency.labels(kind).observe
+        observe(time.perf_counter() - started)
         result: Result
         if reply.type == "ok":
             result = unpack_applied(reply.value)
@@ -189,9 +294,13 @@ class RaftApplyPath:
         else:
             result = ErrorReply(f"CLUSTERDOWN {reply.error or 'outcome unknown'}")
         self._metrics.applied_index.set(self._sm.kv.applied_index)
-        # Not re-entrant: the server may submit again from `done`.
-        self._loop.call_soon(done, result)
         self._update_events()
+        if self._submitting:  # not re-entrant: the server is inside submit() for a connection
+            self._loop.call_soon(done, result)
+        else:
+            # The reply leaves now, without a loop turn; `done` may submit again (the driver
+            # queues a request that arrives while the node steps).
+            done(result)
 
     def _update_events(self) -> None:
         if len(self._pending) >= min(limits.server_apply_queue_max, self._cfg.pending_max):
@@ -208,6 +317,10 @@ class RaftApplyPath:
         if self._stopped:
             return
         self._stopped = True
+        for fut in self._admin.values():
+            if not fut.done():
+                fut.set_result(("fail", None, "the node is stopping"))
+        self._admin.clear()
         if self.faults is not None:
             await self.faults.close()
         await asyncio.to_thread(self.world.close)

@@ -1,9 +1,9 @@
-"""Caches of the read path: decoded blocks (limited by bytes) and open tables (by count).
+"""Caches of the read path: checked raw blocks (limited by bytes) and open tables (by count).
 
 Both are LRU. They are sans-IO: the table cache reaches files through the `Disk` port.
 Concurrency: single operations are safe under the GIL (a racing eviction between a lookup
-and its LRU bump is tolerated), but byte accounting assumes callers do not `put` the same
-key from two threads at once; the embedded layer serialises reads that fill the cache.
+and its LRU bump is tolerated), so cache hits need no lock; byte accounting assumes callers
+do not `put` from two threads at once: the engine fills the cache only under its read lock.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def pack_key(table_id: int, offset: int) -> int:
 
 
 class BlockCache:
-    """LRU of decoded blocks keyed by `(table_id, block_offset)`, bounded by `bytes_max`.
+    """LRU of blocks keyed by `(table_id, block_offset)`, bounded by `bytes_max`.
 
-    `size` passed to `put` is the caller's estimate of the decoded block's heap footprint
-    (see `sstable.decoded_block_bytes`). A block bigger than the whole cache is not kept.
+    `size` passed to `put` is the block's heap footprint including its slot here
+    (see `block.cached_block_bytes`). A block bigger than the whole cache is not kept.
     `get_packed`/`put_packed` take `pack_key(table_id, offset)` for callers on a hot path.
     """
 
@@ -92,7 +92,9 @@ class BlockCache:
 
     def evict_table(self, table_id: int) -> None:
         """Drop every block of `table_id` (its file was deleted). O(cached blocks)."""
-        doomed = [k for k in self._entries if k >> OFFSET_BITS == table_id]
+        # list() copies the keys in one C call: lock-free readers bump entries meanwhile, and
+        # iterating the OrderedDict itself across bytecodes would see it mutate.
+        doomed = [k for k in list(self._entries) if k >> OFFSET_BITS == table_id]
         for key in doomed:
             found = self._entries.pop(key, None)
             if found is not None:

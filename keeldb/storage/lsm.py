@@ -26,8 +26,10 @@ import contextlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from itertools import chain
+from itertools import chain, islice
 from typing import Any
+
+from xxhash import xxh3_64_intdigest
 
 from keeldb import limits
 from keeldb.errors import (
@@ -41,6 +43,7 @@ from keeldb.errors import (
 )
 from keeldb.ports import Disk
 from keeldb.storage import compaction as cp
+from keeldb.storage import jobs
 from keeldb.storage.cache import BlockCache, TableCache
 from keeldb.storage.engine import (
     KIND_PUT,
@@ -70,24 +73,26 @@ from keeldb.storage.manifest import (
 )
 from keeldb.storage.memtable import Memtable
 from keeldb.storage.merge import (
+    SEQ_NEWEST,
     CleanSource,
     VisibleMerger,
-    compact_with_snapshots,
-    merge_newest,
-    merge_sources,
+    page_pairs,
+    shares,
 )
-from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
+from keeldb.storage.sstable import MISS, ReadStats, TableReader
 from keeldb.storage.wal import create_wal, encode_record, read_wal, wal_name
 
 SEQ_MAX = (1 << 63) - 1
-COMPACTION_CHUNK_ENTRIES = 4096
+# A page scan reads each source's share of the page plus this many entries: the cut at
+# the nearest last key read then rarely falls short of the page.
+PAGE_SLACK_ENTRIES = 16
 _KEY_MAX = limits.key_bytes_max
 
 
 class Version:
     """What a reader needs, swapped as one object: memtables (newest first) and levels."""
 
-    __slots__ = ("mem", "imms", "levels", "l0", "sorted_levels")
+    __slots__ = ("mem", "imms", "levels", "l0", "sorted_levels", "deep", "readers")
 
     def __init__(self, mem: Memtable, imms: tuple[Memtable, ...], levels: cp.Levels) -> None:
         self.mem = mem
@@ -101,6 +106,12 @@ class Version:
             ([t.largest for t in tables], [t.smallest for t in tables], [t.id for t in tables],
              [t.name for t in tables])
             for tables in levels[1:] if tables)
+        # Each non-empty level below L0 as (tables, largest keys, entries), for scans.
+        self.deep = tuple((tables, [t.largest for t in tables], sum(t.entries for t in tables))
+                          for tables in levels[1:] if tables)
+        # Open readers of this version's tables by id, filled as reads reach them: saves
+        # the table cache's LRU bookkeeping on every probe.
+        self.readers: dict[int, TableReader] = {}
 
 
 class LsmSnapshot(SeqSnapshot):
@@ -132,6 +143,9 @@ class LsmEngine:
         self._pins: dict[int, list[Any]] = {}  # id(version) -> [version, count]
         self._obsolete: list[TableMeta] = []
         self._cursors: dict[int, bytes] = {}
+        self._spec = jobs.TableSpec.of(options)
+        # Runs flush and compaction jobs; the embedded DB swaps in a worker-process runner.
+        self.runner: jobs.JobRunner = jobs.InlineRunner(disk, self._spec)
         self.reads = 0
         self._memtable_bytes = options.memtable_bytes
         self.stall_seconds = 0.0  # the embedded layer adds the time writers waited
@@ -347,28 +361,44 @@ class LsmEngine:
                     break
             else:
                 # The table search of _get_tables, inlined: this is the hottest read path.
-                with self._rmu:
-                    try:
-                        tc_get = self.table_cache.get
-                        found = None
-                        for smallest, largest, tid, name in version.l0:
-                            if smallest <= key <= largest:
-                                found = tc_get(tid, name).get(key, SEQ_MAX)
-                                if found is not None:
-                                    return found[2] if found[1] else None
-                        for largests, smallests, ids, names in version.sorted_levels:
-                            i = bisect_left(largests, key)
-                            if i < len(ids) and smallests[i] <= key:
-                                found = tc_get(ids[i], names[i]).get(key, SEQ_MAX)
-                                if found is not None:
-                                    return found[2] if found[1] else None
-                        return None
-                    except KeeldbError:
-                        if self._version is version or self._closed:
-                            raise
+                # No lock unless a block must be read (MISS): cache hits are lock-free.
+                h = xxh3_64_intdigest(key)
+                readers = version.readers
+                try:
+                    for smallest, largest, tid, name in version.l0:
+                        if smallest <= key <= largest:
+                            r = readers.get(tid) or self._reader(version, tid, name)
+                            found = r.find(key, SEQ_MAX, h)
+                            if found is MISS:
+                                with self._rmu:
+                                    found = r.find_uncached(key, SEQ_MAX)
+                            if found is not None:
+                                return found[2] if found[1] else None
+                    for largests, smallests, ids, names in version.sorted_levels:
+                        i = bisect_left(largests, key)
+                        if i < len(ids) and smallests[i] <= key:
+                            tid = ids[i]
+                            r = readers.get(tid) or self._reader(version, tid, names[i])
+                            found = r.find(key, SEQ_MAX, h)
+                            if found is MISS:
+                                with self._rmu:
+                                    found = r.find_uncached(key, SEQ_MAX)
+                            if found is not None:
+                                return found[2] if found[1] else None
+                    return None
+                except KeeldbError:
+                    if self._version is version or self._closed:
+                        raise
                 found = self._get_tables(self._version, key, SEQ_MAX)  # a table was deleted
                 return found[2] if found is not None and found[1] else None
         return entry[3] if entry[2] else None
+
+    def _reader(self, version: Version, table_id: int, name: str) -> TableReader:
+        """The open reader of a table of `version`, remembered there for later reads."""
+        with self._rmu:
+            reader = self.table_cache.get(table_id, name)
+        version.readers[table_id] = reader
+        return reader
 
     def _get_at(self, key: bytes, seq: int) -> bytes | None:
         self.reads += 1
@@ -382,26 +412,34 @@ class LsmEngine:
 
     def _get_tables(self, version: Version, key: bytes, seq: int) -> tuple[int, int, bytes] | None:
         """Newest version <= seq in the tables: L0 newest first, then one table per level."""
-        with self._rmu:
-            try:
-                tc_get = self.table_cache.get
-                for smallest, largest, tid, name in version.l0:
-                    if smallest <= key <= largest:
-                        found = tc_get(tid, name).get(key, seq)
-                        if found is not None:
-                            return found
-                for largests, smallests, ids, names in version.sorted_levels:
-                    i = bisect_left(largests, key)
-                    if i < len(ids) and smallests[i] <= key:
-                        found = tc_get(ids[i], names[i]).get(key, seq)
-                        if found is not None:
-                            return found
-                return None
-            except KeeldbError:
-                if self._version is version or self._closed:
-                    raise
+        h = xxh3_64_intdigest(key)
+        try:
+            for smallest, largest, tid, name in version.l0:
+                if smallest <= key <= largest:
+                    found = self._find(version, tid, name, key, seq, h)
+                    if found is not None:
+                        return found
+            for largests, smallests, ids, names in version.sorted_levels:
+                i = bisect_left(largests, key)
+                if i < len(ids) and smallests[i] <= key:
+                    found = self._find(version, ids[i], names[i], key, seq, h)
+                    if found is not None:
+                        return found
+            return None
+        except KeeldbError:
+            if self._version is version or self._closed:
+                raise
         # A compaction deleted a table this read was about to open: read the new version.
         return self._get_tables(self._version, key, seq)
+
+    def _find(self, version: Version, table_id: int, name: str, key: bytes, seq: int,
+              h: int) -> tuple[int, int, bytes] | None:
+        reader = version.readers.get(table_id) or self._reader(version, table_id, name)
+        found = reader.find(key, seq, h)
+        if found is MISS:
+            with self._rmu:
+                found = reader.find_uncached(key, seq)
+        return found  # type: ignore[no-any-return]
 
     def scan(self, start: bytes | None = None, end: bytes | None = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -411,6 +449,7 @@ class LsmEngine:
     def _scan_at(self, seq: int | None, start: bytes | None, end: bytes | None, reverse: bool,
                  limit: int | None) -> Iterator[tuple[bytes, bytes]]:
         n = check_scan_args(start, end, limit)
+        fresh = seq is None
         with self._mu:  # register seq + pin the version atomically with reading them
             if seq is None:
                 seq = self._visible_seq
@@ -418,11 +457,67 @@ class LsmEngine:
             version = self._version
             pin = self._pins.setdefault(id(version), [version, 0])
             pin[1] += 1
+        if n <= limits.scan_chunk_entries:
+            # A page: read it now, in one hold of the read lock, and release at once.
+            try:
+                return iter(self._scan_page(version, seq, start, end, reverse, n, fresh))
+            finally:
+                self._unpin(version, seq)
         # chain.from_iterable hands out the pairs of each chunk in C; the generator below
         # runs once per chunk (and its `finally` unpins when the scan ends or is dropped).
         chunks = self._scan_chunks(version, seq, start, end, reverse, n)
         next(chunks)  # enter the try block, so dropping an unstarted scan still unpins
         return chain.from_iterable(chunks)
+
+    def _unpin(self, version: Version, seq: int) -> None:
+        with self._mu:
+            self._release_locked(seq)
+            pin = self._pins[id(version)]
+            pin[1] -= 1
+            if not pin[1]:
+                del self._pins[id(version)]
+
+    def _scan_page(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
+                   reverse: bool, n: int, fresh: bool) -> list[tuple[bytes, bytes]]:
+        """Up to n pairs, usually from one read of each source: each gives its share of n
+        (by entry count) plus slack, one C-level merge resolves them (`page_pairs`); if
+        that read was too short, a `VisibleMerger` goes on from it.
+
+        `fresh`: `seq` is the visible seq read together with `version`, so no table or
+        frozen memtable of it holds anything newer (the active memtable's iterator filters
+        by seq itself): the merge skips its seq filter."""
+        if start is not None and end is not None and start >= end:
+            return []
+        with self._rmu:
+            sources, sizes = self._sources(version, seq, start, end, reverse)
+            if not sources:
+                return []
+            slack = PAGE_SLACK_ENTRIES if len(sources) > 1 else 1
+            wants = [int(n * f) + slack for f in shares(sizes, len(sources))]
+            read = [list(islice(src, want)) for src, want in zip(sources, wants, strict=True)]
+            more = [len(buf) == want for buf, want in zip(read, wants, strict=True)]
+            merge_seq = SEQ_NEWEST if fresh else seq
+            pairs = page_pairs(read, more, merge_seq, reverse, n)
+            if pairs is None:
+                pairs = VisibleMerger(sources, merge_seq, reverse, sizes, read, more).take(n)
+        return pairs
+
+    def _sources(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
+                 reverse: bool) -> tuple[list[Iterator[Any]], list[int]]:
+        """One iterator per non-empty memtable, overlapping L0 table and non-empty level,
+        newest first, with their entry counts. Call with the read lock held."""
+        mems = [m for m in (version.mem,) + version.imms if len(m)]
+        sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq) for m in mems]
+        sizes = [len(m) for m in mems]  # entries per source: mergers read in proportion
+        for t in version.levels[0]:
+            if (end is None or t.smallest < end) and (start is None or t.largest >= start):
+                reader = self.table_cache.get(t.id, t.name)
+                sources.append(reader.iter(start, end, reverse))
+                sizes.append(t.entries)
+        for tables, largest, entries in version.deep:
+            sources.append(self._level_iter(tables, start, end, reverse, largest))
+            sizes.append(entries)
+        return sources, sizes
 
     def _scan_chunks(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
                      reverse: bool, limit: int) -> Iterator[list[tuple[bytes, bytes]]]:
@@ -430,24 +525,12 @@ class LsmEngine:
             yield []
             if start is not None and end is not None and start >= end:
                 return
-            mems = [m for m in (version.mem,) + version.imms if len(m)]
-            sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq) for m in mems]
-            sizes = [len(m) for m in mems]  # entries per source: the merger reads in proportion
             with self._rmu:
-                for t in version.levels[0]:
-                    if (end is None or t.smallest < end) and (start is None or t.largest >= start):
-                        reader = self.table_cache.get(t.id, t.name)
-                        sources.append(reader.iter(start, end, reverse))
-                        sizes.append(t.entries)
-            memtables_only = len(sources)
-            for tables in version.levels[1:]:
-                if tables:
-                    sources.append(self._level_iter(tables, start, end, reverse))
-                    sizes.append(sum(t.entries for t in tables))
+                sources, sizes = self._sources(version, seq, start, end, reverse)
             if not sources:
                 return
             puller: VisibleMerger | CleanSource
-            if len(sources) == 1 and memtables_only == 1 and not version.levels[0]:
+            if len(sources) == 1 and not version.levels[0] and not version.deep:
                 puller = CleanSource(sources[0])  # one memtable: one visible entry per key
             else:
                 puller = VisibleMerger(sources, seq, reverse, sizes)
@@ -459,25 +542,22 @@ class LsmEngine:
                 remaining -= len(chunk)
                 yield chunk
         finally:
-            with self._mu:
-                self._release_locked(seq)
-                pin = self._pins[id(version)]
-                pin[1] -= 1
-                if not pin[1]:
-                    del self._pins[id(version)]
+            self._unpin(version, seq)
 
     def _level_iter(self, tables: tuple[TableMeta, ...], start: bytes | None, end: bytes | None,
-                    reverse: bool) -> Iterator[Any]:
+                    reverse: bool, largest: list[bytes] | None = None) -> Iterator[Any]:
         """Entries of one sorted level; tables are opened only as the scan reaches them, and
         `chain` pulls each table's entries without a Python frame per entry."""
-        return chain.from_iterable(self._level_tables(tables, start, end, reverse))
+        return chain.from_iterable(self._level_tables(tables, start, end, reverse, largest))
 
     def _level_tables(self, tables: tuple[TableMeta, ...], start: bytes | None,
-                      end: bytes | None, reverse: bool) -> Iterator[Iterator[Any]]:
-        largest = [t.largest for t in tables]
+                      end: bytes | None, reverse: bool,
+                      largest: list[bytes] | None = None) -> Iterator[Iterator[Any]]:
+        if largest is None:
+            largest = [t.largest for t in tables]
         if not reverse:
             i = 0 if start is None else bisect.bisect_left(largest, start)
-            for t in tables[i:]:
+            for t in islice(tables, i, None):
                 if end is not None and t.smallest >= end:
                     return
                 yield self.table_cache.get(t.id, t.name).iter(start, end)
@@ -533,7 +613,7 @@ class LsmEngine:
             return False
         imm = version.imms[-1]
         try:
-            meta = self._write_table(imm.flush_entries(), self._alloc(), "flush-mid-table")
+            meta = self.runner.flush(imm, self._alloc(), self._hook)
             if self._hook is not None:
                 self._hook("flush-before-manifest")
             self._install(lambda levels: cp.add_l0(levels, meta), last_seq=imm.seq_max,
@@ -547,30 +627,11 @@ class LsmEngine:
         return True
 
     def _write_table(self, entries: list[Any], number: int, crash_point: str) -> TableMeta:
-        assert entries, "flush of an empty memtable"
-        file = self.disk.create(table_name(number))
-        try:
-            writer = TableWriter(file, block_bytes=self.options.block_bytes,
-                                 bloom_bits_per_key=self.options.bloom_bits_per_key,
-                                 compression=self.options.compression,
-                                 expected_entries=len(entries))
-            half = len(entries) // 2
-            writer.add_many(entries[:half])
-            if self._hook is not None:
-                self._hook(crash_point)
-            writer.add_many(entries[half:])
-            props = writer.finish()
-        finally:
-            file.close()
-        return self._meta(number, props)
+        return jobs.build_table(self.disk, self._spec, entries, number, self._hook, crash_point)
 
     @staticmethod
     def _meta(number: int, props: Any) -> TableMeta:
-        return TableMeta(id=number, file_bytes=props.file_bytes, smallest=props.smallest,
-                         largest=props.largest, entries=props.entries,
-                         tombstones=props.tombstones, seq_min=props.seq_min,
-                         seq_max=props.seq_max, raw_key_bytes=props.raw_key_bytes,
-                         raw_value_bytes=props.raw_value_bytes)
+        return jobs.meta_of(number, props)
 
     def _install(self, edit: Callable[[cp.Levels], cp.Levels], *, last_seq: int = 0,
                  drop_imm: Memtable | None = None) -> None:
@@ -623,55 +684,8 @@ class LsmEngine:
         return True
 
     def _run_compaction(self, plan: cp.CompactionPlan, version: Version) -> tuple[TableMeta, ...]:
-        tables = plan.inputs + plan.overlaps
-        # Private readers without a cache: compaction never disturbs the readers' caches.
-        files = [self.disk.open(t.name) for t in tables]
-        try:
-            sources = [TableReader.open(f, t.id, BlockCache(0), ReadStats()).iter()
-                       for f, t in zip(files, tables, strict=True)]
-            return self._write_outputs(sources, plan)
-        finally:
-            for f in files:
-                f.close()
-
-    def _write_outputs(self, sources: list[Iterator[Any]],
-                       plan: cp.CompactionPlan) -> tuple[TableMeta, ...]:
-        # Output tables are cut between chunks: keep chunks small next to table_bytes.
-        chunk_max = max(8, min(COMPACTION_CHUNK_ENTRIES, self.options.table_bytes // 128))
-        snapshots = self.live_snapshots()
-        if snapshots:
-            chunks = compact_with_snapshots(merge_sources(sources), snapshots, plan.bottom,
-                                            chunk_max)
-        else:
-            chunks = merge_newest(sources, plan.bottom, chunk_max)
-        outputs: list[TableMeta] = []
-        writer: TableWriter | None = None
-        file = None
-        number = 0
-        try:
-            for chunk in chunks:
-                if writer is None:
-                    number = self._alloc()
-                    file = self.disk.create(table_name(number))
-                    writer = TableWriter(file, block_bytes=self.options.block_bytes,
-                                         bloom_bits_per_key=self.options.bloom_bits_per_key,
-                                         compression=self.options.compression)
-                writer.add_many(chunk)
-                if writer.estimated_bytes() >= self.options.table_bytes:
-                    if self._hook is not None:
-                        self._hook("compaction-mid-output")
-                    outputs.append(self._meta(number, writer.finish()))
-                    assert file is not None
-                    file.close()
-                    writer = file = None
-            if writer is not None:
-                if self._hook is not None:
-                    self._hook("compaction-mid-output")
-                outputs.append(self._meta(number, writer.finish()))
-        finally:
-            if file is not None:
-                file.close()
-        return tuple(outputs)
+        return self.runner.compact(plan.inputs + plan.overlaps, plan.bottom,
+                                   self.live_snapshots(), self._alloc, self._hook)
 
     def _delete_obsolete(self) -> None:
         """Delete compacted-away tables that no running scan still reads."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from itertools import chain, compress, islice
 from operator import itemgetter
 
 from keeldb.storage.engine import KIND_DELETE
@@ -22,6 +22,11 @@ Entry = tuple[bytes, int, int, bytes]
 
 _seq_of = itemgetter(1)  # an entry's seq, in C
 _key_of = itemgetter(0)  # an entry's key, in C
+_kind_of = itemgetter(2)
+_value_of = itemgetter(3)
+# A seq above every real one: a reader at the newest state whose sources hold nothing newer
+# than it (memtable iterators filter by seq themselves) passes it to skip the seq filter.
+SEQ_NEWEST = 1 << 64
 
 
 def merge_sources(sources: list[Iterator[Entry]], reverse: bool = False) -> Iterator[Entry]:
@@ -69,17 +74,19 @@ class VisibleMerger:
                  "_shares")
 
     def __init__(self, sources: list[Iterator[Entry]], seq: int, reverse: bool = False,
-                 sizes: list[int] | None = None) -> None:
+                 sizes: list[int] | None = None, read: list[list[Entry]] | None = None,
+                 more: list[bool] | None = None) -> None:
         """`sizes` (entries per source, if known) splits each round's reads in proportion:
-        a page then needs about one round even when one source holds most keys."""
+        a page then needs about one round even when one source holds most keys.
+        `read`/`more`: entries already read from each source and whether it may hold more
+        (what `page_pairs` was given), to go on where a page left off."""
         assert sizes is None or len(sizes) == len(sources), "one size per source"
+        assert (read is None) == (more is None), "read and more come together"
         self._sources = sources
-        total = sum(sizes) if sizes else 0
-        k = len(sources)
-        self._shares = [s / total for s in sizes] if sizes and total > 0 else \
-            [1 / k if k else 1.0] * k
-        self._bufs: list[list[Entry]] = [[] for _ in sources]
-        self._done = [False] * len(sources)
+        self._shares = shares(sizes, len(sources))
+        self._bufs: list[list[Entry]] = read if read is not None else [[] for _ in sources]
+        self._done = [not m for m in more] if more is not None else [False] * len(sources)
+        assert len(self._bufs) == len(self._done) == len(sources), "one buffer per source"
         self._seq = seq
         self._reverse = reverse
         self._pending: list[tuple[bytes, bytes]] = []
@@ -97,15 +104,7 @@ class VisibleMerger:
             missing = n - len(out)
             taken, final = self._round([max(want, int(missing * f) + 16) for f in shares])
             if taken:
-                if max(map(_seq_of, taken)) > seq:  # newer than the snapshot: invisible
-                    taken = [e for e in taken if e[1] <= seq]
-                # (key, seq) ascending, then a dict keeps the last -- newest -- version per key
-                taken.sort()
-                newest = dict(zip(map(_key_of, taken), taken, strict=True)).values()
-                pairs = [(e[0], e[3]) for e in newest if e[2]]
-                if self._reverse:
-                    pairs.reverse()
-                out += pairs
+                out += _resolve(taken, seq, self._reverse)
                 want = 0
             elif not final:
                 want = 2 * max(want, missing + 16)  # everything buffered sits at the cut key
@@ -150,6 +149,60 @@ class VisibleMerger:
         return taken, False
 
 
+
+
+def shares(sizes: list[int] | None, k: int) -> list[float]:
+    """Each source's fraction of all entries (even shares when the sizes are unknown)."""
+    total = sum(sizes) if sizes else 0
+    if sizes and total > 0:
+        return [s / total for s in sizes]
+    return [1 / k if k else 1.0] * k
+
+
+def _resolve(taken: list[Entry], seq: int, reverse: bool,
+             presorted: bool = False) -> list[tuple[bytes, bytes]]:
+    """The visible pairs of entries that hold every version of their keys, in scan order.
+    Sorts `taken` in place unless `presorted`. Every step is one C-level call."""
+    if seq < SEQ_NEWEST and max(map(_seq_of, taken)) > seq:  # newer than the snapshot
+        taken = [e for e in taken if e[1] <= seq]
+    # (key, seq) ascending, then a dict keeps the last -- newest -- version per key
+    if not presorted:
+        taken.sort()
+    newest = dict(zip(map(_key_of, taken), taken, strict=True)).values()
+    pairs = list(compress(zip(map(_key_of, newest), map(_value_of, newest), strict=True),
+                          map(_kind_of, newest)))  # tombstones (kind 0) are dropped
+    if reverse:
+        pairs.reverse()
+    return pairs
+
+
+def page_pairs(read: list[list[Entry]], more: list[bool], seq: int, reverse: bool,
+               n: int) -> list[tuple[bytes, bytes]] | None:
+    """The first `n` visible pairs of a scan from one read of each source, or None when
+    that read cannot tell them (then go on with `VisibleMerger(..., read=, more=)`).
+
+    `read[i]`: the first entries of source i in scan order; `more[i]`: whether source i may
+    hold more. Keys at or past the nearest last key read of a source with more are cut off
+    (that source may still hold versions of them or keys before them). Does not mutate
+    `read`.
+    """
+    lasts = [buf[-1][0] for buf, m in zip(read, more, strict=True) if m]
+    taken = list(chain.from_iterable(read))
+    if not taken:
+        return [] if not lasts else None
+    taken.sort()
+    if lasts:
+        if reverse:
+            del taken[:bisect.bisect_right(taken, max(lasts), key=_key_of)]
+        else:
+            del taken[bisect.bisect_left(taken, min(lasts), key=_key_of):]
+        if not taken:
+            return None
+    pairs = _resolve(taken, seq, reverse, presorted=True)
+    if len(pairs) >= n:
+        del pairs[n:]
+        return pairs
+    return None if lasts else pairs
 
 
 class CleanSource:

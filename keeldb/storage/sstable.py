@@ -8,8 +8,8 @@ Every block is `body | u8 compression | u32 crc32c(body + compression byte)`; th
 the meta blocks' handles, the format version, its own crc32c and a magic number. Data blocks
 are columnar (lengths, seqs, kinds, keys blob, values blob), so encoding and decoding are a few
 C-level calls per block rather than Python work per entry. A reader keeps the index in memory
-and caches decoded blocks in the shared `BlockCache`: a point read is one bisect in the
-index, one cache lookup and one bisect in the block.
+and caches checked raw blocks in the shared `BlockCache` (keeldb/storage/block.py): a point
+read is one bisect in the index, one cache lookup and one `bytes.find` in the block.
 """
 
 from __future__ import annotations
@@ -31,15 +31,30 @@ from xxhash import xxh3_64_intdigest
 from keeldb import limits
 from keeldb.errors import ClosedError, ConfigError, CorruptionError
 from keeldb.ports import File
+from keeldb.storage.block import (
+    _HEADER_BYTES,
+    _STRUCT_FIELDS_MAX,
+    _U64,
+    BLOCK_HEADER,
+    MISS,
+    CachedBlock,
+    _check_block,
+    _entries,
+    _entry_at,
+    _find_first,
+    _fixed_parser,
+    _keys,
+    _kinds,
+    _layout,
+    _seqs,
+    _values,
+    cached_block_bytes,
+)
 from keeldb.storage.bloom import BloomFilter
 from keeldb.storage.cache import BlockCache, pack_key
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT
 
 Entry = tuple[bytes, int, int, bytes]
-# A decoded block: keys and values as lists of objects (bisect needs the keys; reads and
-# scans return the values), seqs as a u64 array and kinds as bytes (compact, and indexing
-# them is as cheap as indexing a list): (keys, seqs, kinds, values).
-DecodedBlock = tuple[list[bytes], "array[int]", bytes, list[bytes]]
 
 FORMAT_VERSION = 1
 MAGIC = 0x3154_5353_4C45_454B  # b"KEELSST1" read as a little-endian u64
@@ -60,6 +75,7 @@ _FOOTER = struct.Struct("<QIQIQIIIQ")
 FOOTER_BYTES = _FOOTER.size
 _FOOTER_CRC_AT = FOOTER_BYTES - 12  # crc covers the footer bytes before it
 _BLOCK_HEADER = struct.Struct("<Iii")
+assert _BLOCK_HEADER.format == BLOCK_HEADER.format, "one block header format"
 _INDEX_HEADER = struct.Struct("<I")
 _PROPS = struct.Struct("<QQQQQQQII")
 # Bytes a data block spends per entry beside key and value (two u32 lengths, seq, kind).
@@ -67,10 +83,6 @@ ENTRY_OVERHEAD_BYTES = 17
 # Entries add_many takes from its iterable at a time: bounds the writer's transient lists.
 ADD_MANY_CHUNK_ENTRIES = 8192
 SEQ_MAX = (1 << 64) - 1
-# Fixed-width struct parsers cached by (width, count); bounded, cleared when full.
-_STRUCT_CACHE_MAX = 64  # a parser of n fields takes ~24n bytes
-_STRUCT_FIELDS_MAX = 2048  # bigger blocks of fixed-width items are cut by slicing
-_struct_cache: dict[tuple[int, int], struct.Struct] = {}
 
 _LITTLE = sys.byteorder == "little"
 assert array("I").itemsize == 4 and array("Q").itemsize == 8, "unsupported platform"
@@ -124,15 +136,6 @@ def _read_array(code: str, data: bytes, start: int, count: int) -> list[int]:
     return arr.tolist()
 
 
-def _fixed_parser(width: int, count: int) -> struct.Struct:
-    parser = _struct_cache.get((width, count))
-    if parser is None:
-        if len(_struct_cache) >= _STRUCT_CACHE_MAX:
-            _struct_cache.clear()
-        parser = _struct_cache[(width, count)] = struct.Struct(f"{width}s" * count)
-    return parser
-
-
 def _split(blob: bytes, width: int, lengths: list[int] | None, count: int) -> list[bytes]:
     """Cut `blob` into `count` pieces: all `width` long, or of the given `lengths`."""
     if lengths is None:
@@ -148,22 +151,6 @@ def _split(blob: bytes, width: int, lengths: list[int] | None, count: int) -> li
 def _width(lengths: list[int]) -> int:
     """The common length of all items, or -1 if they differ (or there are none)."""
     return lengths[0] if lengths and lengths.count(lengths[0]) == len(lengths) else -1
-
-
-# Decoded-size model (bytes of heap per decoded block): two lists of objects (keys and
-# values: pointer + bytes header + payload), seqs as a u64 array, kinds as one bytes object.
-# Checked against tracemalloc in tests/unit/storage/test_cache.py.
-_BYTES_OBJ = sys.getsizeof(b"")
-_LIST_OBJ = sys.getsizeof([])
-_ARRAY_OBJ = sys.getsizeof(array("Q"))
-_PTR = 8
-
-
-def decoded_block_bytes(count: int, key_bytes: int, value_bytes: int) -> int:
-    """Estimated heap footprint of a decoded block of `count` entries."""
-    fixed = 2 * _LIST_OBJ + _ARRAY_OBJ + _BYTES_OBJ + 80  # + the tuple
-    per_entry = 2 * (_PTR + _BYTES_OBJ) + 8 + 1 + 1  # + 1: allocator rounding (measured)
-    return fixed + count * per_entry + key_bytes + value_bytes
 
 
 # --- writer -----------------------------------------------------------------------------
@@ -547,7 +534,10 @@ class TableReader:
             return self._file.read_at(offset, size)
         if self._reopen is None:
             raise ClosedError(f"table {self._name!r} was closed; reopen it")
-        file = self._reopen()
+        try:
+            file = self._reopen()
+        except FileNotFoundError as exc:  # deleted after a compaction: the caller may retry
+            raise _corrupt(self._name, offset, "the table file is gone") from exc
         try:
             return file.read_at(offset, size)
         finally:
@@ -621,49 +611,23 @@ class TableReader:
 
     # -- blocks
 
-    def _decode(self, i: int) -> tuple[DecodedBlock, int]:
+    def _load_block(self, i: int) -> CachedBlock:
+        """Read data block `i` from the file, verify and check it; the cache is not used."""
         offset = self._offsets[i]
         body = self._read_checked(offset, self._sizes[i], "data block")
         try:
-            n, kw, vw = _BLOCK_HEADER.unpack_from(body, 0)
-            pos = _BLOCK_HEADER.size
-            key_lens = None
-            if kw < 0:
-                key_lens = _read_array("I", body, pos, n)
-                pos += 4 * n
-                key_total = sum(key_lens)
-            else:
-                key_total = kw * n
-            value_lens = None
-            if vw < 0:
-                value_lens = _read_array("I", body, pos, n)
-                pos += 4 * n
-                value_total = sum(value_lens)
-            else:
-                value_total = vw * n
-            seqs = array("Q", body[pos : pos + 8 * n])
-            if not _LITTLE:
-                seqs.byteswap()
-            pos += 8 * n
-            kinds = body[pos : pos + n]
-            pos += n
-            if pos + key_total + value_total != len(body) or n == 0 or len(seqs) != n:
-                raise ValueError(f"{n} entries do not fill the {len(body)}-byte block")
-            keys = _split(body[pos : pos + key_total], kw, key_lens, n)
-            pos += key_total
-            values = _split(body[pos:], vw, value_lens, n)
+            block = _check_block(body)
         except (ValueError, struct.error) as exc:
             raise _corrupt(self._name, offset, f"data block: {exc}") from exc
         self._stats.block_reads += 1
-        block = (keys, seqs, kinds, values)
-        return block, decoded_block_bytes(n, key_total, value_total)
+        return block
 
-    def _block(self, i: int) -> DecodedBlock:
+    def _block(self, i: int) -> CachedBlock:
         ck = self._cache_keys[i]
         block = self._cache.get_packed(ck)
         if block is None:
-            block, size = self._decode(i)
-            self._cache.put_packed(ck, block, size)
+            block = self._load_block(i)
+            self._cache.put_packed(ck, block, cached_block_bytes(block))
         return block  # type: ignore[return-value]
 
     # -- reads
@@ -671,18 +635,29 @@ class TableReader:
     def may_contain(self, key: bytes) -> bool:
         return self._bloom.may_contain(key)
 
-    def get(self, key: bytes, seq_max: int) -> tuple[int, int, bytes] | None:
+    def get(self, key: bytes, seq_max: int, h: int | None = None) -> tuple[int, int, bytes] | None:
         """Newest version of `key` with seq <= `seq_max`, as (seq, kind, value), or None.
 
-        Hot path: the bloom probe and the block-cache lookup are inlined (each saved Python
-        call is ~5-10 % of a read); anything unusual goes to `_get_slow`.
+        `h` is `xxh3_64_intdigest(key)` if the caller has it (one hash serves every table).
+        """
+        found = self.find(key, seq_max, xxh3_64_intdigest(key) if h is None else h)
+        return self.find_uncached(key, seq_max) if found is MISS else found
+
+    def find(self, key: bytes, seq_max: int, h: int) -> Any:
+        """`get` from cached blocks only: returns MISS, without any I/O, when the block to
+        search is not cached (then call `find_uncached`, with the lock that guards cache
+        fills held). Counts the read in the stats either way.
+
+        Hot path: the bloom probe, the cache lookup and, for blocks of fixed-width keys and
+        values, the search inside the raw block are inlined (each saved Python call is
+        ~5-10 % of a read): `bytes.find` of the key in the keys column, kept only at an
+        entry boundary, then the seq, kind and value are read at the entry's offsets.
         """
         if key > self._largest or key < self._smallest:
             return None
         stats = self._stats
         stats.tables_touched += 1
         stats.bloom_checks += 1
-        h = xxh3_64_intdigest(key)
         m = self._mask_a[h & 0xFFF] | self._mask_b[(h >> 12) & 0xFFF]
         if self._bloom_blocks[((h >> 32) * self._bloom_n) >> 32] & m != m:
             stats.bloom_useful += 1
@@ -692,34 +667,68 @@ class TableReader:
         cache = self._cache
         found = cache._entries.get(ck)
         if found is None:
-            return self._get_slow(key, seq_max, i, None)
+            return MISS
         cache.hits += 1
         try:
             cache._entries.move_to_end(ck)
         except KeyError:  # evicted by another thread meanwhile
             pass
-        block: DecodedBlock = found[0]  # type: ignore[assignment]
-        keys = block[0]
-        j = bisect_left(keys, key)
-        if j < len(keys) and keys[j] == key:
-            seq = block[1][j]
-            if seq <= seq_max:
-                return seq, block[2][j], block[3][j]
-        return self._get_slow(key, seq_max, i, block)
+        block: Any = found[0]
+        if block.__class__ is not bytes:
+            return self._search(key, seq_max, i, block, False)
+        n, kw, vw = _BLOCK_HEADER.unpack_from(block, 0)
+        if kw != len(key):  # every key of the block has kw bytes: the key is not here
+            stats.bloom_false_positives += 1
+            return None
+        key_at = _HEADER_BYTES + 9 * n
+        end = key_at + kw * n
+        p = block.find(key, key_at, end)
+        while p >= 0:
+            r = (p - key_at) % kw
+            if not r:
+                break
+            p = block.find(key, p + kw - r, end)  # a match across two keys: look further
+        else:
+            stats.bloom_false_positives += 1
+            return None
+        j = (p - key_at) // kw
+        (seq,) = _U64.unpack_from(block, _HEADER_BYTES + 8 * j)
+        if seq <= seq_max:
+            return seq, block[key_at - n + j], block[end + j * vw : end + (j + 1) * vw]
+        return self._search(key, seq_max, i, block, False)  # older versions follow
 
-    def _get_slow(
-        self, key: bytes, seq_max: int, i: int, block: DecodedBlock | None
-    ) -> tuple[int, int, bytes] | None:
+    def find_uncached(self, key: bytes, seq_max: int) -> tuple[int, int, bytes] | None:
+        """The rest of a `find` that returned MISS: reads the block (not counted again)."""
+        if key > self._largest or key < self._smallest:
+            return None
+        found: tuple[int, int, bytes] | None = self._search(
+            key, seq_max, bisect_left(self._last_keys, key), None
+        )
+        return found
+
+    def _search(
+        self, key: bytes, seq_max: int, i: int, block: CachedBlock | None, fill: bool = True
+    ) -> Any:
+        """The general search from block `i` on: any widths, versions across blocks.
+        With `fill` false (lock-free callers) a block not cached ends it with MISS."""
         seen = False
         while i < self._nblocks:
-            keys, seqs, kinds, values = block or self._block(i)
+            if block is None:
+                if fill:
+                    block = self._block(i)
+                else:
+                    block = self._cache.get_packed(self._cache_keys[i])  # type: ignore[assignment]
+                    if block is None:
+                        return MISS
+            lay = _layout(block)
             block = None
-            j = bisect_left(keys, key)
-            n = len(keys)
-            while j < n and keys[j] == key:
+            n = lay[1]
+            j = _find_first(lay, key)
+            while j < n and _keys(lay, j, j + 1)[0] == key:
                 seen = True
-                if seqs[j] <= seq_max:
-                    return seqs[j], kinds[j], values[j]
+                found = _entry_at(lay, j)
+                if found[0] <= seq_max:
+                    return found
                 j += 1
             if j < n or not seen:
                 break
@@ -750,23 +759,22 @@ class TableReader:
             self._close_file()
 
     def _runs_forward(self, start: bytes | None, end: bytes | None) -> Iterator[Iterable[Entry]]:
-        """Yields (), then one iterator of entries per block, ascending."""
+        """Yields (), then one iterator of entries per block, ascending. Only the entries
+        in range are cut out of each raw block."""
         self._pins += 1
         try:
             yield ()
             nblocks = self._nblocks
             i = 0 if start is None else bisect_left(self._last_keys, start)
             while i < nblocks:
-                keys, seqs, kinds, values = self._block(i)
+                lay = _layout(self._block(i))
+                n = lay[1]
+                keys = _keys(lay, 0, n)
                 lo = 0 if start is None else bisect_left(keys, start)
-                n = len(keys)
                 hi = n if end is None or keys[-1] < end else bisect_left(keys, end, lo)
-                if lo == 0 and hi == n:
-                    yield zip(keys, seqs, kinds, values, strict=True)
-                else:
-                    yield zip(keys[lo:hi], seqs[lo:hi], kinds[lo:hi], values[lo:hi], strict=True)
-                    if hi < n:
-                        return
+                yield _entries(lay, keys, lo, hi)
+                if hi < n:
+                    return
                 start = None
                 i += 1
         finally:
@@ -781,21 +789,15 @@ class TableReader:
             if end is not None:
                 i = min(i, bisect_left(self._last_keys, end))
             while i >= 0:
-                keys, seqs, kinds, values = self._block(i)
-                n = len(keys)
+                lay = _layout(self._block(i))
+                n = lay[1]
+                keys = _keys(lay, 0, n)
                 hi = n if end is None else bisect_left(keys, end)
                 lo = 0 if start is None or keys[0] >= start else bisect_left(keys, start, 0, hi)
-                if lo == 0 and hi == n:
-                    yield zip(
-                        reversed(keys), reversed(seqs), reversed(kinds), reversed(values),
-                        strict=True,
-                    )  # fmt: skip
-                else:
-                    yield zip(
-                        reversed(keys[lo:hi]), reversed(seqs[lo:hi]),
-                        reversed(kinds[lo:hi]), reversed(values[lo:hi]),
-                        strict=True,
-                    )  # fmt: skip
+                yield zip(
+                    reversed(keys[lo:hi]), reversed(_seqs(lay, lo, hi)),
+                    reversed(_kinds(lay, lo, hi)), reversed(_values(lay, lo, hi)), strict=True,
+                )  # fmt: skip
                 if lo > 0:
                     return
                 end = None
@@ -813,7 +815,7 @@ class TableReader:
         ):
             self._read_checked(*handle, what)
         for i in range(self._nblocks):
-            self._decode(i)
+            self._load_block(i)
         return self._nblocks + len(self._meta)
 
     def close(self) -> None:

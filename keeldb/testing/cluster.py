@@ -29,8 +29,10 @@ from keeldb.testing.echo import EchoNode
 from keeldb.testing.history import HistoryRecorder
 from keeldb.testing.primary_backup import PrimaryBackupNode
 from keeldb.testing.raft_kv import SimRaftKvNode
+from keeldb.testing.raft_redis import SimRedisNode
+from keeldb.testing.redis_workloads import REDIS_WORKLOADS
 from keeldb.testing.register_service import RegisterNode
-from keeldb.testing.workloads import Workload, make_workload
+from keeldb.testing.workloads import WORKLOADS, Workload, make_workload
 from keeldb.types import NodeId
 
 CLIENT_TIMEOUT_NS = 100 * MS
@@ -39,6 +41,7 @@ SAFETY_TICKS_DEFAULT = 1000  # 1 tick = 1 ms of virtual time
 LIVENESS_MS_DEFAULT = 2000
 CLIENTS_DEFAULT = 4
 VIOLATIONS_SHOWN_MAX = 20  # in summaries; the result keeps them all
+ISOLATION_DEFAULT = "watch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,16 @@ class SystemSpec:
     correct: bool
     doc: str
     checkable: bool = True  # False: it serves no workload (the benchmark system)
+    # A system with its own clients (raft-redis) names its runner and its workloads;
+    # the others run `SimCluster` with `keeldb.testing.workloads.WORKLOADS`.
+    runner: Callable[[SimConfig], SimResult] | None = None
+    workloads: tuple[str, ...] | None = None
+
+
+def _run_raft_redis(config: SimConfig) -> SimResult:
+    from keeldb.testing.redis_cluster import run_redis_sim  # it builds on SimCluster
+
+    return run_redis_sim(config)
 
 
 SYSTEMS: dict[str, SystemSpec] = {
@@ -58,10 +71,24 @@ SYSTEMS: dict[str, SystemSpec] = {
                                  "async primary-backup with naive failover (incorrect)"),
     "raft-kv": SystemSpec("raft-kv", SimRaftKvNode, ("n1", "n2", "n3"), True,
                           "3 Raft nodes replicating the register state machine (correct)"),
+    "raft-redis": SystemSpec("raft-redis", SimRedisNode, ("n1", "n2", "n3"), True,
+                             "3 Raft nodes replicating the server's Redis state machine; "
+                             "clients WATCH/MULTI/EXEC (correct)",
+                             runner=_run_raft_redis, workloads=tuple(REDIS_WORKLOADS)),
+    "raft-redis-lsm": SystemSpec("raft-redis-lsm", SimRedisNode, ("n1", "n2", "n3"), True,
+                                 "raft-redis with each node's KV state in an LSM engine on "
+                                 "its own simulated disk, durable on its own (correct)",
+                                 runner=_run_raft_redis, workloads=tuple(REDIS_WORKLOADS)),
     "echo": SystemSpec("echo", EchoNode, ("n1", "n2", "n3"), True,
                        "nodes bouncing messages (simulator benchmark: --bench)",
                        checkable=False),
 }
+
+
+def workloads_of(name: str) -> tuple[str, ...]:
+    """The workloads system `name` serves."""
+    spec = system(name)
+    return spec.workloads if spec.workloads is not None else tuple(WORKLOADS)
 
 
 def system(name: str) -> SystemSpec:
@@ -82,6 +109,8 @@ class SimConfig:
     liveness_ms: int = LIVENESS_MS_DEFAULT
     clients: int = CLIENTS_DEFAULT
     trace: bool = False
+    # raft-redis: "watch" (WATCH/MULTI/EXEC) or a TXN isolation level (redis_workloads)
+    isolation: str = ISOLATION_DEFAULT
 
     def plan(self) -> FaultPlan:
         if self.faults is None:
@@ -116,6 +145,8 @@ class SimResult:
             line += f" --ticks-max {c.ticks_max}"
         if c.clients != CLIENTS_DEFAULT:
             line += f" --clients {c.clients}"
+        if c.isolation != ISOLATION_DEFAULT:
+            line += f" --isolation {c.isolation}"
         return line
 
     def summary(self) -> dict[str, Any]:
@@ -312,16 +343,27 @@ class SimCluster:
 
 def run_sim(config: SimConfig) -> SimResult:
     """Run one seed: safety phase, liveness phase, checkers."""
+    spec = system(config.system)
+    if config.workload not in workloads_of(config.system):
+        raise UsageError(f"system {config.system!r} has no workload {config.workload!r}; "
+                         f"known: {', '.join(workloads_of(config.system))}")
+    if spec.runner is not None:
+        return spec.runner(config)
+    if config.isolation != ISOLATION_DEFAULT:
+        raise UsageError(f"system {config.system!r} has no transactions to run at "
+                         f"{config.isolation!r}; isolation levels are for raft-redis")
     return SimCluster(config).run()
+
 
 
 def swarm(system_name: str, seeds: range, *, faults: tuple[Fault, ...] | None = None,
           workload: str = "register", ticks_max: int = SAFETY_TICKS_DEFAULT,
-          clients: int = CLIENTS_DEFAULT) -> Iterator[SimResult]:
+          clients: int = CLIENTS_DEFAULT,
+          isolation: str = ISOLATION_DEFAULT) -> Iterator[SimResult]:
     """Run many seeds (swarm testing when `faults` is None); yields each result."""
     for seed in seeds:
         yield run_sim(SimConfig(system_name, seed, faults, workload, ticks_max,
-                                clients=clients))
+                                clients=clients, isolation=isolation))
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@ Links are one-way. Each node dials every peer it sends to and uses that outbound
 only for writing; it accepts inbound connections from peers only for reading. The first frame
 on a connection is a hello naming the sender, so inbound frames are attributed to a peer id.
 
-- Sending never blocks: `send()` puts an encoded frame on the peer's queue, bounded by
-  `send_queue_frames_max`; when full, the new frame is dropped and counted (`dropped_overflow`).
+- Sending never blocks: `send()` writes the frame to the socket at once when the link is up,
+  nothing waits before it and the socket buffer has room (below WRITE_BATCH_BYTES_MAX); else
+  it puts it on the peer's queue, bounded by `send_queue_frames_max`; when full, the new
+  frame is dropped and counted (`dropped_overflow`).
   Nodes must tolerate loss anyway (networks drop), so dropping beats unbounded memory.
 - A per-peer task connects, writes the queue in order and reconnects after any error or EOF,
   with jittered exponential backoff drawn from a seeded `random.Random` and capped at
@@ -213,6 +215,16 @@ class Transport:
         if to in self.faults.drop_to:
             self.stats.dropped_partition_out += 1
             return False
+        w = peer.writer
+        if (w is not None and not peer.queue and not w.transport.is_closing()
+                and w.transport.get_write_buffer_size() < WRITE_BATCH_BYTES_MAX
+                and not (self.faults.delay_ms and to in self.faults.delay_to)):
+            # The fast path: connected, nothing queued before it, no delay fault, room in
+            # the socket buffer: write now (no task switch before it leaves).
+            w.write(frame)
+            self.stats.sent += 1
+            self.stats.per_peer_sent[to] = self.stats.per_peer_sent.get(to, 0) + 1
+            return True
         if len(peer.queue) >= peer.queue_max:
             self.stats.dropped_overflow += 1
             return False

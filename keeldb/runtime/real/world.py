@@ -6,7 +6,7 @@ One OS process hosts one node, so one `RealWorld` serves one driver:
   or any `Disk` the host is given (tests wrap it to observe the order of syncs);
 - clock: the monotonic clock; timers: `loop.call_later`;
 - disk ops: run in one worker thread (so an fsync does not stall the network), completed back
-  on the loop thread as the driver requires; the driver submits one op at a time;
+  on the loop thread as the driver requires; the driver submits one job (its queued ops) at a time;
 - send: the asyncio `Transport`; reply: routed back to the client connection that asked.
 """
 

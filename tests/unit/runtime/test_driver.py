@@ -117,7 +117,7 @@ def test_batch_runs_in_phase_order_whatever_the_node_order() -> None:
     node.script[ClientRequest] = [Reply(7, "ok"), Apply(1, "c"), Send(N2, "m"),
                                   SetTimer("t", 5), Sync(2, "log"), Persist(1, "log", b"a")]
     driver.deliver(ClientRequest(7, "write", "k", 1))
-    assert world.kinds() == ["io", "io", "send", "apply", "reply"]
+    assert world.kinds() == ["io", "send", "apply", "reply"]  # both disk ops: one job
     assert world.the_disk.open("log").read_at(0, 10) == b"a"  # sync came after the append
     assert [d for d, _ in world.timers] == [5]
 
@@ -128,11 +128,9 @@ def test_send_after_sync_waits_for_it_and_runs_once() -> None:
                                   Send(N2, "durable", after=2), Reply(9, "ok", after=2),
                                   Send(N2, "now")]
     driver.deliver(ClientRequest(9, "write"))
-    assert world.kinds() == ["io", "send"]  # only the ungated send; one disk op at a time
-    world.finish_io()  # the append
-    assert world.kinds() == ["io", "send", "io"]
-    world.finish_io()  # the sync: now the gated effects go, in order
-    assert world.log[3:] == [("send", "durable"), ("reply", 9)]
+    assert world.kinds() == ["io", "send"]  # only the ungated send; the ops are one job
+    world.finish_io()  # the append and the sync: now the gated effects go, in order
+    assert world.log[2:] == [("send", "durable"), ("reply", 9)]
     assert [type(e) for e in node.seen[2:]] == [PersistDone, SyncDone]
     assert driver.stats.sends == 2 and driver.stats.replies == 1
 
@@ -220,7 +218,7 @@ def test_events_during_a_step_are_queued_not_reentrant() -> None:
     driver.deliver(ClientRequest(1, "write"))
     # completions arrived inside submit_io, while the node was stepping: seen afterwards
     assert [type(e) for e in node.seen] == [Start, ClientRequest, PersistDone, SyncDone]
-    assert world.kinds() == ["io", "io", "reply"]
+    assert world.kinds() == ["io", "reply"]
 
 
 def test_halt_stops_the_node_and_tells_the_world() -> None:

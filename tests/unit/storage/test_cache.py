@@ -88,28 +88,37 @@ def test_reads_respect_the_byte_limit() -> None:
     assert len(cache) >= 2
 
 
-@pytest.mark.parametrize(("key_bytes", "value_bytes"), [(16, 100), (8, 10), (30, 1000)])
-def test_decoded_size_estimate_is_honest(key_bytes: int, value_bytes: int) -> None:
-    """The estimate may not undercount the heap a decoded block really takes."""
+@pytest.mark.parametrize(
+    ("key_bytes", "value_bytes", "varying"),
+    [(16, 100, False), (8, 10, False), (30, 1000, False), (16, 100, True)],
+)
+def test_cached_block_charge_is_honest(key_bytes: int, value_bytes: int, varying: bool) -> None:
+    """What the cache charges for its blocks may not undercount the heap they really take
+    (bodies, offsets of variable-width blocks and the cache's own slots)."""
     disk = MemoryDisk()
     file = disk.create("t.sst")
-    writer = TableWriter(file, block_bytes=64 * 1024, bloom_bits_per_key=10)
+    writer = TableWriter(file, block_bytes=4096, bloom_bits_per_key=10)
     writer.add_many(
-        ((b"%0*d" % (key_bytes, i)), i + 1000, KIND_PUT, (b"%d" % i).ljust(value_bytes, b"x"))
+        (b"%0*d" % (key_bytes, i) + b"v" * (varying * (i % 3)), i + 1000, KIND_PUT,
+         (b"%d" % i).ljust(value_bytes + varying * (i % 2), b"x"))
         for i in range(3000)
     )
     writer.finish()
-    reader = TableReader.open(disk.open("t.sst"), 1, BlockCache(0), ReadStats())
-    reader._decode(0)  # warm the module's parser cache, which is not part of the block
+    cache = BlockCache(1 << 30)
+    reader = TableReader.open(disk.open("t.sst"), 1, cache, ReadStats())
+    reader._block(0)  # warm the module's caches, which are not part of the blocks
+    cache.clear()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        block, estimate = reader._decode(0)
+        for i in range(reader.props.data_blocks):
+            reader._block(i)
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
     actual = after - before
-    assert actual <= estimate <= 1.5 * actual, (actual, estimate, len(block[0]))
+    assert len(cache) == reader.props.data_blocks > 10
+    assert actual <= cache.bytes <= 1.2 * actual, (actual, cache.bytes)
 
 
 def test_table_cache_count_limit_and_reuse() -> None:

@@ -1,0 +1,318 @@
+"""Flush and compaction jobs in a worker process, so the store's own process keeps its GIL for
+the writers (table encoding, bloom building and merging cost ~5 s of CPU per million keys).
+
+The parent (`ProcessRunner`, plugged into `LsmEngine.runner` by `keeldb.open`) keeps all
+state: it allocates the output file numbers, ships the job, receives the new tables' metadata
+and installs them with its usual manifest edit. The worker (`main`, run as
+`python -m keeldb.runtime.real.compactor DIR`) only runs the pure functions of
+`keeldb.storage.jobs` over a `RealDisk` of the same directory.
+
+Safety:
+- The worker inherits the directory's lock fd (`pass_fds`), so while it lives no other
+  process can open the store; it exits as soon as its stdin reaches EOF, i.e. when the parent
+  closes it or dies (a reader thread watches stdin even while a job runs).
+- Outputs of a job that is not installed (worker died, parent died, cancelled) are
+  unreferenced files: the parent deletes them, and recovery deletes any left over.
+- A worker failure is logged and the job reruns in-process (`InlineRunner`); the store keeps
+  the in-process path from then on.
+- With a crash hook (tests), the worker reports each crash point and waits for the parent to
+  pass it, so a test can kill the parent exactly there.
+
+Wire: frames of `u32 length | msgpack`, each at most `limits.worker_frame_bytes_max`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import msgpack
+
+from keeldb import limits
+from keeldb.errors import BackgroundJobCancelledError, BackgroundJobError
+from keeldb.runtime.real.disk import RealDisk
+from keeldb.storage import jobs
+from keeldb.storage.manifest import TableMeta, table_name
+from keeldb.storage.memtable import Memtable
+
+log = logging.getLogger("keeldb.embedded")
+
+_LEN = struct.Struct("<I")
+MODULE = "keeldb.runtime.real.compactor"
+# The directory holding the keeldb package: the worker imports this very copy.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+
+
+def _send(stream: IO[bytes], msg: Any) -> None:
+    payload = msgpack.packb(msg, use_bin_type=True)
+    assert len(payload) <= limits.worker_frame_bytes_max, f"frame of {len(payload)} bytes"
+    stream.write(_LEN.pack(len(payload)) + payload)
+    stream.flush()
+
+
+def _recv(stream: IO[bytes]) -> Any:
+    """One message, or None at EOF (the other side closed or died)."""
+    head = stream.read(4)
+    if len(head) < 4:
+        return None
+    (length,) = _LEN.unpack(head)
+    if length > limits.worker_frame_bytes_max:
+        raise BackgroundJobError(f"worker frame of {length} bytes is over "
+                                 f"worker_frame_bytes_max={limits.worker_frame_bytes_max}")
+    payload = stream.read(length)
+    if len(payload) < length:
+        return None
+    # Arrays come back as tuples: memtable versions arrive as entries, ready to sort.
+    return msgpack.unpackb(payload, raw=False, use_list=False)
+
+
+# --- the parent side ----------------------------------------------------------------------------
+
+class _Worker:
+    """One worker process running one job at a time (the engine serialises each kind)."""
+
+    def __init__(self, path: str, lock_fd: int, role: str) -> None:
+        self.path = path
+        self.lock_fd = lock_fd
+        self.role = role
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cancelled = False
+        self._mu = threading.Lock()  # one job at a time
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            root = _PACKAGE_PARENT
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (root, env.get("PYTHONPATH", "")) if p)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", MODULE, self.path], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, pass_fds=(self.lock_fd,), env=env)
+        return self.proc
+
+    def run(self, header: list[Any], chunks: Sequence[Any], hook: jobs.Hook) -> Any:
+        """Send a job (a header frame, then `chunks` frames); return the worker's result.
+
+        Raises BackgroundJobCancelledError after `kill`, BackgroundJobError when the worker
+        died or reported an error.
+        """
+        with self._mu:
+            if self.cancelled:
+                raise BackgroundJobCancelledError("the store is closing")
+            proc = self._start()
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                _send(proc.stdin, header)
+                for chunk in chunks:
+                    _send(proc.stdin, chunk)
+                while True:
+                    reply = _recv(proc.stdout)
+                    if reply is None:
+                        break
+                    if reply[0] == "hook":
+                        assert hook is not None, "worker reported a crash point unasked"
+                        hook(str(reply[1]))
+                        _send(proc.stdin, ["go"])
+                        continue
+                    if reply[0] == "done":
+                        return reply[1]
+                    raise BackgroundJobError(f"{self.role} worker failed: {reply[1]}")
+            except (OSError, ValueError) as exc:  # broken pipe, closed stream
+                self._reap()
+                self._raise_dead(f"pipe error {exc}")
+            except BaseException:
+                self._reap()  # mid-conversation (a hook raised, an error reply): start over
+                raise
+            self._reap()
+            self._raise_dead("it exited")
+            raise AssertionError("unreachable")
+
+    def _raise_dead(self, why: str) -> None:
+        if self.cancelled:
+            raise BackgroundJobCancelledError(f"{self.role} job cancelled: the store is closing")
+        raise BackgroundJobError(f"{self.role} worker process died mid-job ({why})")
+
+    def _reap(self) -> None:
+        """Make sure the worker is gone (it may still be writing otherwise)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    stream.close()
+
+    def kill(self) -> None:
+        """Cancel: kill the process now (a running job's thread then sees EOF)."""
+        self.cancelled = True
+        proc = self.proc
+        if proc is not None:
+            with contextlib.suppress(OSError):
+                proc.kill()
+
+    def close(self) -> None:
+        """After `kill` and after the job threads finished: reap the process."""
+        with self._mu:
+            self._reap()
+
+
+class ProcessRunner:
+    """`jobs.JobRunner` that runs jobs in worker processes (one per kind, started lazily),
+    falling back to `fallback` (in-process) when a worker fails."""
+
+    def __init__(self, path: str, lock_fd: int, spec: jobs.TableSpec,
+                 fallback: jobs.InlineRunner, memtable_bytes: int) -> None:
+        self.spec = spec
+        # Jobs below this many bytes run in-process (see limits.worker_job_min_...).
+        self.job_bytes_min = memtable_bytes // limits.worker_job_min_memtable_divisor
+        self.fallback = fallback
+        self.disk = fallback.disk
+        self.failed: str | None = None  # why the store went back to in-process jobs
+        self._workers = {role: _Worker(path, lock_fd, role) for role in ("flush", "compact")}
+
+    def flush(self, mem: Memtable, number: int, hook: jobs.Hook) -> TableMeta:
+        if self.failed is None and mem.bytes >= self.job_bytes_min:
+            entries = mem.all_versions()
+            step = limits.worker_flush_chunk_entries
+            chunks = [entries[i:i + step] for i in range(0, len(entries), step)]
+            header = ["flush", self.spec.to_list(), number, len(chunks), hook is not None,
+                      not mem.old]
+            try:
+                result = self._workers["flush"].run(header, chunks, hook)
+                meta = jobs.meta_from_list(result)
+                assert meta.id == number and meta.entries == len(entries), (meta, number)
+                return meta
+            except BackgroundJobCancelledError:
+                self._discard([number])
+                raise
+            except BackgroundJobError as exc:
+                self._give_up(exc, "flush", [number])
+        return self.fallback.flush(mem, number, hook)
+
+    def compact(self, tables: Sequence[TableMeta], bottom: bool, snapshots: list[int],
+                alloc: Callable[[], int], hook: jobs.Hook) -> tuple[TableMeta, ...]:
+        if self.failed is None and sum(t.file_bytes for t in tables) >= self.job_bytes_min:
+            numbers = [alloc() for _ in range(jobs.output_numbers_needed(tables, self.spec))]
+            header = ["compact", self.spec.to_list(), [t.to_list() for t in tables], bottom,
+                      snapshots, numbers, hook is not None]
+            try:
+                result = self._workers["compact"].run(header, (), hook)
+                outputs = tuple(map(jobs.meta_from_list, result))
+                assert {t.id for t in outputs} <= set(numbers), (outputs, numbers)
+                self._discard([n for n in numbers if n not in {t.id for t in outputs}])
+                return outputs
+            except BackgroundJobCancelledError:
+                self._discard(numbers)
+                raise
+            except BackgroundJobError as exc:
+                self._give_up(exc, "compact", numbers)
+        return self.fallback.compact(tables, bottom, snapshots, alloc, hook)
+
+    def _give_up(self, exc: BaseException, role: str, numbers: list[int]) -> None:
+        """After a worker failure: reap that worker, drop its outputs, go in-process. (The
+        other kind's worker may be mid-job: it finishes; later jobs run in-process.)"""
+        self.failed = str(exc)
+        log.warning("keeldb: %s; running flushes and compactions in-process from now on",
+                    exc)
+        self._workers[role].close()
+        self._discard(numbers)
+
+    def _discard(self, numbers: list[int]) -> None:
+        """Remove outputs a worker may have left (it is dead or idle by now)."""
+        for n in numbers:
+            self.disk.remove(table_name(n))
+
+    def cancel(self) -> None:
+        """Stop running jobs now (close() calls it before joining the job threads)."""
+        for worker in self._workers.values():
+            worker.kill()
+
+    def close(self) -> None:
+        for worker in self._workers.values():
+            worker.kill()
+            worker.close()
+
+
+# --- the worker side ----------------------------------------------------------------------------
+
+def _reader(stdin: IO[bytes], inbox: queue.Queue[Any]) -> None:
+    """Forward messages; exit the whole process at EOF: the parent closed or died, and a
+    worker must never go on writing into a store another process may have opened."""
+    while True:
+        try:
+            msg = _recv(stdin)
+        except BaseException:  # noqa: BLE001 - a broken pipe ends the worker all the same
+            msg = None
+        if msg is None:
+            os._exit(0)
+        inbox.put(msg)
+
+
+def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[Any],
+             out: IO[bytes]) -> Any:
+    kind = msg[0]
+    spec = jobs.TableSpec.from_list(msg[1])
+
+    def hook_proxy(name: str) -> None:
+        _send(out, ["hook", name])
+        reply = inbox.get()
+        assert reply == ("go",), reply
+
+    if kind == "flush":
+        number, nchunks, hooks, unique = int(msg[2]), int(msg[3]), bool(msg[4]), msg[5]
+        entries: list[jobs.Entry] = []
+        for _ in range(nchunks):
+            entries += inbox.get()
+        if unique:
+            entries.sort()  # one version per key: tuples order by key alone
+        else:
+            jobs.sort_flush_entries(entries)
+        meta = jobs.build_table(disk, spec, entries, number, hook_proxy if hooks else None)
+        return meta.to_list()
+    if kind == "compact":
+        tables = [jobs.meta_from_list(t) for t in msg[2]]
+        bottom, snapshots, numbers, hooks = bool(msg[3]), list(msg[4]), list(msg[5]), msg[6]
+        outputs = jobs.compact_tables(disk, spec, tables, bottom, snapshots,
+                                      jobs.numbers_from(numbers),
+                                      hook_proxy if hooks else None)
+        return [t.to_list() for t in outputs]
+    raise BackgroundJobError(f"unknown job kind {kind!r}")
+
+
+def main(argv: list[str]) -> int:
+    """Worker entry: `python -m keeldb.runtime.real.compactor DIR` (started by the store)."""
+    if len(argv) != 1:
+        sys.stderr.write(f"usage: python -m {MODULE} DIR\n")
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this one stops
+    disk = RealDisk(argv[0], create=False)
+    stdin, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
+    # A job is at most one memtable's frames: bounded by memtable_bytes.
+    inbox: queue.Queue[Any] = queue.Queue()
+    threading.Thread(target=_reader, args=(stdin, inbox), daemon=True).start()
+    while True:
+        msg = inbox.get()
+        try:
+            result = _run_job(disk, msg, inbox, out)
+        except Exception as exc:  # reported; the parent reruns the job in-process
+            _send(out, ["error", f"{type(exc).__name__}: {exc}"])
+            continue
+        _send(out, ["done", result])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -218,8 +218,8 @@ def test_removed_wiped_member_rejoins_by_snapshot(make_cluster: Callable[..., Cl
     shutil.rmtree(plan.data)
     c.plans = [replace(p, join=True) if p.id == victim else p for p in c.plans]
     c.start(victim)
-    st = c.status(victim)
-    assert st is not None and st["voters"] == [] and st["member_state"] == "joining"
+    # No membership at all until the leader adds it (wait: /status answers while it recovers)
+    wait_status(c, victim, lambda s: s["member_state"] == "joining" and s["voters"] == [])
     reply = post(c, "add", victim, addr=f"{HOST}:{plan.peer_port}")
     assert reply["voter"] is True and reply["changed"] is True
     st = wait_status(c, victim, lambda s: victim in s["voters"])

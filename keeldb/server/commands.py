@@ -45,6 +45,8 @@ from keeldb.codec.resp import (
 from keeldb.errors import CommandError, RespProtocolError
 from keeldb.node import kvstate as kv
 from keeldb.node import kvtxn
+from keeldb.server.txn_commands import REFUSED as _TXN_REFUSED
+from keeldb.server.txn_commands import ConnectionTxn, TxnExecute
 
 REDIS_COMPAT_VERSION = "7.0.0"  # the Redis whose command behaviour this layer follows
 ERR_SYNTAX = "ERR syntax error"
@@ -369,7 +371,7 @@ class Connection:
         self._tickets: dict[int, _Slot] = {}
         self._next_ticket = 1
         self._blocked = False  # a WATCH is in flight: later requests wait for its tokens
-        self._txn: kvtxn.TxnSession | None = None  # TXN BEGIN .. COMMIT|ROLLBACK
+        self._txn = ConnectionTxn()  # TXN BEGIN .. COMMIT|ROLLBACK (keeldb.server.txn_commands)
 
     @property
     def pending_executes(self) -> int:
@@ -406,7 +408,8 @@ class Connection:
         slot = self._tickets.pop(ticket)
         if slot.kind.startswith("txn_"):
             self._blocked = False
-            slot.data = encode_reply(self._txn_reply(slot, result), slot.proto)
+            assert slot.txn is not None
+            slot.data = encode_reply(self._txn.reply(slot.kind, slot.txn, result), slot.proto)
         elif slot.kind == "watch":
             self._blocked = False
             if isinstance(result, ErrorReply):
@@ -485,8 +488,10 @@ class Connection:
         if not self.authenticated and "no-auth" not in spec.flags:
             self._reply(ErrorReply("NOAUTH Authentication required."))
             return
-        if self._txn is not None and (spec.parse is not None or spec.name in _TXN_REFUSED):
-            self._txn_command(spec, args, out)
+        if self._txn.active and (spec.parse is not None or spec.name in _TXN_REFUSED):
+            reply = self._run_txn(self._txn.step(spec.name, spec.parse, args), out)
+            if reply is not DEFERRED:
+                self._reply(reply)
             return
         if self._multi is not None and spec.name == "txn":
             self._multi_failed = True
@@ -599,103 +604,24 @@ class Connection:
         self._watches.clear()
         self._watch_failed = False
 
-    # --- interactive transactions (TXN, see keeldb.node.kvtxn) -------------------------------
+    # --- interactive transactions (TXN: keeldb.server.txn_commands) ---------------------------
 
     @property
     def in_txn(self) -> bool:
-        return self._txn is not None
+        return self._txn.active
 
     def _c_txn(self, args: list[bytes], out: list[Output]) -> Reply:
-        sub = args[1].lower()
-        if sub == b"begin":
-            return self._txn_begin(args, out)
-        if sub not in (b"commit", b"rollback"):
-            raise _err(f"ERR unknown TXN subcommand '{args[1].decode(errors='replace')}'; use "
-                       "TXN BEGIN [ISOLATION level], TXN COMMIT or TXN ROLLBACK")
-        if len(args) != 2:
-            raise arity_error("txn|" + sub.decode())
-        txn, self._txn = self._txn, None
-        if txn is None:
-            raise _err(f"ERR TXN {sub.decode().upper()} without TXN BEGIN")
-        if sub == b"rollback":
-            return OK
-        if txn.state == "failed":
-            assert txn.error is not None
-            return txn.error
-        request = txn.commit_request()
-        if request is None:
-            return OK  # read-only: it committed at its snapshot
-        self._blocked = True  # later requests of this connection see the commit
-        self._execute(kv.Batch((request,)), out, _Slot(proto=self.proto, kind="txn_commit"))
-        return DEFERRED
+        return self._run_txn(self._txn.control(args, readonly=self.readonly), out)
 
-    def _txn_begin(self, args: list[bytes], out: list[Output]) -> Reply:
-        if self._txn is not None:
-            raise _err("ERR TXN BEGIN inside a transaction; TXN COMMIT or TXN ROLLBACK first")
-        if self.readonly:  # stale local reads would break the snapshot
-            raise _err("ERR TXN on a READONLY connection; send READWRITE first")
-        level = kvtxn.SERIALIZABLE
-        if len(args) == 4 and args[2].upper() == b"ISOLATION":
-            level = args[3].lower().decode(errors="replace")
-            if level not in kvtxn.LEVELS:
-                raise _err(f"ERR isolation {level!r} is not one of {', '.join(kvtxn.LEVELS)}")
-        elif len(args) != 2:
-            raise _err("ERR syntax error; use TXN BEGIN [ISOLATION "
-                       "read_committed|snapshot|serializable]")
-        self._txn = txn = kvtxn.TxnSession(level)
-        self._blocked = True  # every later command needs the snapshot
-        self._execute(kv.Batch((txn.start_request(),)), out,
-                      _Slot(proto=self.proto, kind="txn_begin", txn=txn))
-        return DEFERRED
-
-    def _txn_command(self, spec: CommandSpec, args: list[bytes], out: list[Output]) -> None:
-        """A data command inside TXN: one dry-run step (the next waits for its reply)."""
-        txn = self._txn
-        assert txn is not None
-        if spec.parse is None:
-            self._reply(ErrorReply(f"ERR {spec.name.upper()} is not allowed inside TXN; "
-                                   "TXN COMMIT or TXN ROLLBACK first"))
-            return
-        if txn.state == "failed":
-            assert txn.error is not None
-            self._reply(txn.error)
-            return
-        try:
-            request = spec.parse(args)
-        except CommandError as exc:
-            self._reply(ErrorReply(exc.message))
-            return
-        if not isinstance(request, kvtxn.ALLOWED):
-            self._reply(ErrorReply(f"ERR {spec.name.upper()} is not allowed inside TXN; run "
-                                   "it outside the transaction"))
-            return
+    def _run_txn(self, action: Reply | TxnExecute, out: list[Output]) -> Reply:
+        """Execute a TXN request, blocking later commands until its reply (they depend on
+        it); a ready reply passes through."""
+        if not isinstance(action, TxnExecute):
+            return action
         self._blocked = True
-        self._execute(kv.Batch((txn.step_request(request),)), out,
-                      _Slot(proto=self.proto, kind="txn_step", txn=txn))
-
-    def _txn_reply(self, slot: _Slot, result: kv.Applied | ErrorReply) -> Reply:
-        txn = slot.txn
-        if slot.kind == "txn_commit":
-            if isinstance(result, ErrorReply):
-                if result.text.startswith("CLUSTERDOWN"):
-                    return ErrorReply(f"TXNUNKNOWN the commit's outcome is unknown "
-                                      f"({result.text}); read the data to learn whether it "
-                                      "committed")
-                return result  # TRYAGAIN: nothing was applied
-            return result.replies[0]
-        assert txn is not None
-        if slot.kind == "txn_begin":
-            if isinstance(result, ErrorReply):
-                if self._txn is txn:
-                    self._txn = None
-                return result
-            txn.started(result.replies[0])
-            return OK
-        if isinstance(result, ErrorReply):
-            return result  # the step did not run (TRYAGAIN ...): it may be sent again
-        if txn.state != "active":
-            return ErrorReply("ERR the transaction ended while this command ran")
-        return txn.absorb(result.replies[0])
+        self._execute(action.batch, out,
+                      _Slot(proto=self.proto, kind=action.kind, txn=action.session))
+        return DEFERRED
 
     # --- connection commands ------------------------------------------------------------------
 
@@ -720,7 +646,7 @@ class Connection:
 
     def _c_reset(self, args: list[bytes], out: list[Output]) -> Reply:
         self._multi = None
-        self._txn = None
+        self._txn.reset()
         self._unwatch()
         self.proto = 2
         self.name = None
@@ -872,10 +798,6 @@ class Connection:
             lines.append("")
         # A verbatim string in RESP3, a bulk string in RESP2 (as Redis).
         return Verbatim("txt", "\r\n".join(lines).encode())
-
-
-# Connection commands refused inside TXN (data commands become steps; the others run as usual).
-_TXN_REFUSED = frozenset({"multi", "exec", "discard", "watch", "unwatch", "readonly"})
 
 
 def _check_name(name: bytes) -> bytes:

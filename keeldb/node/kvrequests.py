@@ -1,0 +1,303 @@
+"""The requests of the key-value state machine and their log-entry encoding.
+
+Typed requests (`Get`, `Set`, ..., and the interactive-transaction requests `TxnStart`,
+`TxnStep`, `TxnCommit`) come from `keeldb.server.commands` (RESP) or any other front end; a
+`Batch` of them is one log entry (`encode_batch`/`decode_batch`, msgpack) and `Applied` is its
+outcome. `KvStateMachine` (`keeldb.node.kvstate`, which re-exports every name here) executes
+them; `keeldb.node.kvtxn` holds the transaction rules. SCAN cursors are encoded here too, as
+the client decodes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Any
+
+import msgpack
+
+from keeldb.codec.resp import Reply
+
+# Expiry modes of Set and Expire: a duration from the batch's now_ms, or an absolute time.
+EXPIRE_NONE, EXPIRE_IN_MS, EXPIRE_AT_MS = 0, 1, 2
+
+
+# --- requests --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Set:
+    key: bytes
+    value: bytes
+    nx: bool = False
+    xx: bool = False
+    get: bool = False
+    keepttl: bool = False
+    expire_mode: int = EXPIRE_NONE
+    expire_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Del:
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Exists:
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MGet:
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MSet:
+    pairs: tuple[bytes, ...]  # key, value, key, value, ...
+
+
+@dataclass(frozen=True, slots=True)
+class IncrBy:
+    key: bytes
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StrLen:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetDel:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GetSet:
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One SCAN step: `cursor` is the first key to look at (b"" = the start)."""
+
+    cursor: bytes
+    match: bytes | None = None
+    count: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    pattern: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DbSize:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ttl:
+    key: bytes
+    ms: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    key: bytes
+    mode: int  # EXPIRE_IN_MS or EXPIRE_AT_MS
+    when_ms: int
+    nx: bool = False
+    xx: bool = False
+    gt: bool = False
+    lt: bool = False
+    command: str = "expire"  # named in the "invalid expire time" error
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """Read the WATCH tokens of keys; the reply is a list of [version, live] per key."""
+
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """Delete up to `count` expired records from the sweep cursor on (the leader proposes
+    these periodically, as Redis's active expiry cycle); the reply is how many went."""
+
+    count: int
+
+
+TxnWrite = tuple[bytes, bytes | None, int]  # key, payload (None = deleted), expire_at_ms
+TxnToken = tuple[bytes, int, bool]  # key, version, live: what a transaction read
+TxnRange = tuple[bytes, bytes | None]  # scanned keys start <= key < end (None = no end)
+
+
+@dataclass(frozen=True, slots=True)
+class TxnStart:
+    """Start an interactive transaction (read-only): the reply is [version S, now_ms]."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnStep:
+    """A dry run of one ordinary request inside a transaction (read-only; see kvtxn)."""
+
+    start: int  # the snapshot version S
+    started_ms: int  # log time of TxnStart (the age limit counts from it)
+    isolation: str
+    overlay: tuple[TxnWrite, ...]  # the transaction's own writes the request may see
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class TxnCommit:
+    """Commit a transaction (a write: one log entry), validated at apply (see kvtxn)."""
+
+    start: int
+    started_ms: int
+    isolation: str
+    writes: tuple[TxnWrite, ...]
+    reads: tuple[TxnToken, ...] = ()
+    ranges: tuple[TxnRange, ...] = ()
+
+
+Request = (Get | Set | Del | Exists | MGet | MSet | IncrBy | Append | StrLen | GetDel | GetSet
+           | Scan | Keys | DbSize | Ttl | Expire | Persist | Watch | Sweep | TxnStart | TxnStep
+           | TxnCommit)
+READ_ONLY: tuple[type, ...] = (Get, Exists, MGet, StrLen, Scan, Keys, DbSize, Ttl, Watch,
+                               TxnStart, TxnStep)
+_TAGS: dict[type, int] = {cls: i for i, cls in enumerate(
+    (Get, Set, Del, Exists, MGet, MSet, IncrBy, Append, StrLen, GetDel, GetSet, Scan, Keys,
+     DbSize, Ttl, Expire, Persist, Watch, Sweep, TxnStart, TxnStep, TxnCommit))}
+_CLASSES = {i: cls for cls, i in _TAGS.items()}
+REQUEST_TYPES: tuple[type, ...] = tuple(_TAGS)  # every request type, in tag order
+
+
+@dataclass(frozen=True, slots=True)
+class WatchToken:
+    key: bytes
+    version: int
+    live: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Requests applied atomically; `watches` abort the batch when any key changed since;
+    `session` = (client id, seq) makes a retried batch apply once."""
+
+    requests: tuple[Request, ...]
+    watches: tuple[WatchToken, ...] = ()
+    session: tuple[int, int] | None = None
+
+    @property
+    def read_only(self) -> bool:
+        return all(isinstance(r, READ_ONLY) for r in self.requests)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of a batch: one reply per request; `aborted` when a WATCH conflicted
+    (nothing applied); `duplicate` when the session had already applied it (the first
+    replies are repeated)."""
+
+    replies: tuple[Reply, ...]
+    aborted: bool = False
+    duplicate: bool = False
+
+
+def is_read_only(request: Request) -> bool:
+    return isinstance(request, READ_ONLY)
+
+
+# --- log entry encoding ----------------------------------------------------------------------
+
+
+def _encode_request(r: Request) -> list[Any]:
+    if isinstance(r, TxnStep):
+        return [_TAGS[TxnStep], r.start, r.started_ms, r.isolation, [list(w) for w in r.overlay],
+                _encode_request(r.request)]
+    if isinstance(r, TxnCommit):
+        return [_TAGS[TxnCommit], r.start, r.started_ms, r.isolation,
+                [list(w) for w in r.writes], [list(t) for t in r.reads],
+                [list(g) for g in r.ranges]]
+    return [_TAGS[type(r)], *astuple(r)]
+
+
+def _decode_request(item: list[Any]) -> Request:
+    tag, *fields = item
+    cls = _CLASSES[tag]
+    if cls is TxnStep:
+        start, started, iso, overlay, inner = fields
+        return TxnStep(start, started, iso, tuple((k, p, e) for k, p, e in overlay),
+                       _decode_request(inner))
+    if cls is TxnCommit:
+        start, started, iso, writes, reads, ranges = fields
+        return TxnCommit(start, started, iso, tuple((k, p, e) for k, p, e in writes),
+                         tuple((k, v, bool(lv)) for k, v, lv in reads),
+                         tuple((lo, hi) for lo, hi in ranges))
+    request: Request = cls(*[tuple(f) if isinstance(f, list) else f for f in fields])
+    return request
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """A batch as msgpack bytes for a log entry (decode with `decode_batch`)."""
+    reqs = [_encode_request(r) for r in batch.requests]
+    watches = [[w.key, w.version, w.live] for w in batch.watches]
+    return msgpack.packb([1, reqs, watches, list(batch.session) if batch.session else None],
+                         use_bin_type=True)
+
+
+def decode_batch(data: bytes) -> Batch:
+    fmt, reqs, watches, session = msgpack.unpackb(data, raw=False, use_list=True)
+    assert fmt == 1, f"batch format {fmt} is unknown to this build"
+    requests = [_decode_request(item) for item in reqs]
+    return Batch(tuple(requests), tuple(WatchToken(k, v, lv) for k, v, lv in watches),
+                 (session[0], session[1]) if session else None)
+
+
+
+# --- SCAN cursors ----------------------------------------------------------------------------
+
+
+CURSOR_KEY_BYTES_MAX = 1024  # cursor keys are cut here to stay within int()'s 4300 digits
+
+
+def encode_cursor(key: bytes | None) -> bytes:
+    """A SCAN cursor for the next key: "0" when done, else b"\\x01" + key as a decimal integer.
+
+    Cursors are stateless (any node, any connection can continue a scan). A key longer than
+    CURSOR_KEY_BYTES_MAX is cut, which only repeats keys, as SCAN allows."""
+    if key is None:
+        return b"0"
+    return b"%d" % int.from_bytes(b"\x01" + key[:CURSOR_KEY_BYTES_MAX], "big")
+
+
+def decode_cursor(text: bytes) -> bytes | None:
+    """The key a cursor stands for (b"" = the start), or None when `text` is not a cursor."""
+    if text == b"0":
+        return b""
+    if not text.isdigit() or text[:1] == b"0" or len(text) > 4000:
+        return None
+    value = int(text)
+    if value == 0:
+        return b""
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return raw[1:] if raw[:1] == b"\x01" else None

@@ -11,7 +11,8 @@ compaction steps. The same engine steps run inline in tests and in the simulator
     b'v'
 
 Threads: readers never wait for writers or compaction (they read an immutable version;
-table reads share one short lock around the caches). Writers queue; the writer at the head
+a point read that hits the block cache takes no lock, a block miss or a scan page takes one
+short lock around the caches). Writers queue; the writer at the head
 of the queue (the leader) merges the batches queued behind it into one WAL record and at most
 one fsync (group commit, as in LevelDB/RocksDB), then wakes the others.
 """
@@ -720,7 +721,8 @@ def open(path: str | os.PathLike[str], *, sync: str = "batch",  # noqa: A001 - p
     OS decides). `background`: "process" runs flushes and compactions in a worker process,
     so they do not compete with the writers for the GIL (falls back to in-process if the
     worker fails); "thread" runs them in background threads of this process.
-    `options` are fields of `keeldb.storage.engine.Options`.
+    `options` are fields of `keeldb.storage.engine.Options`, e.g. `block_cache_bytes`: raw
+    table blocks kept in memory (they cost about their file bytes; default 128 MiB).
     """
     return DB(os.fspath(path), sync=sync, sync_interval_ms=sync_interval_ms,
               sync_bytes=sync_bytes, engine=engine, create=create, background=background,

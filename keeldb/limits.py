@@ -214,3 +214,12 @@ worker_job_min_memtable_divisor = 4
 # l0_idle_compaction_files tables) is merged into L1 even below l0_compaction_trigger.
 l0_idle_compaction_ms = 200
 l0_idle_compaction_files = 2
+
+# --- raft node structure (area: raft node split) ---------------------------------------------
+transport_peers_max = 256  # peers one node's transport knows at once (add_peer refuses more)
+
+# --- cluster latency (area: cluster latency) ------------------------------------------------
+# A Raft server runs its disk job (append + fdatasync) on the event loop, not in the disk
+# thread, while at most this many client requests wait on it (a follower: always): one
+# small job costs less than the thread's two hand-offs; busier nodes keep the loop free.
+server_raft_inline_sync_pending_max = 2

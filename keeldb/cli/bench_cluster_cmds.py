@@ -93,10 +93,10 @@ def cluster(
     warmup: float = typer.Option(1.0, "--warmup", help="Unmeasured seconds before each point."),
     value_bytes: int = typer.Option(100, "--value-bytes", help="Bytes of each SET's value."),
     out: Path | None = typer.Option(None, "--out", help="JSON result file "
-                                    "[default: benchmarks/results/cluster-<date>.json]."),
+                                    "(default benchmarks/results/cluster-<date>.json)."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON result to stdout."),
     db_dir: Path | None = typer.Option(None, "--dir", help="Where the servers' temporary "
-                                       "data directories go [default: the system temp dir]."),
+                                       "data directories go (default the system temp dir)."),
     no_uvloop: bool = typer.Option(False, "--no-uvloop",
                                    help="Drive the load with asyncio's own loop."),
 ) -> None:

@@ -119,10 +119,10 @@ def storage(
                                   help="Comma-separated workloads, or 'all': "
                                   + ", ".join(WORKLOADS) + "."),
     out: Path | None = typer.Option(None, "--out", help="JSON result file "
-                                    "[default: benchmarks/results/storage-<date>.json]."),
+                                    "(default benchmarks/results/storage-<date>.json)."),
     json_out: bool = typer.Option(False, "--json", help="Print the JSON result to stdout."),
     db_dir: Path | None = typer.Option(None, "--dir", help="Where to create the databases "
-                                       "[default: a fresh temporary directory]."),
+                                       "(default a fresh temporary directory)."),
     seed: int = typer.Option(42, "--seed", help="Seed of keys, orders and values."),
     timeout: float = typer.Option(bench.CHILD_TIMEOUT_S_DEFAULT, "--timeout",
                                   help="Seconds before one engine process is killed."),

@@ -28,7 +28,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from types import TracebackType
 
 from keeldb import limits
 from keeldb.codec.resp import ErrorReply, Reply, ReplyReader, SimpleString, encode_request
@@ -43,8 +42,9 @@ from keeldb.errors import (
     TryAgainError,
     UsageError,
 )
-from keeldb.node.kvstate import decode_cursor, encode_cursor
+from keeldb.node.kvrequests import decode_cursor, encode_cursor
 from keeldb.node.kvtxn import LEVELS
+from keeldb.txn.local import TransactionScope
 
 SCAN_PAGE = 1_000  # keys one SCAN call of `scan` asks for
 _READ_BYTES = 64 * 1024
@@ -202,8 +202,9 @@ def _scan(client: Client, start: bytes | None, end: bytes | None,
     return [(k, v) for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)]
 
 
-class ClientTransaction:
-    """A TXN on one connection; the same surface as the embedded `Transaction`."""
+class ClientTransaction(TransactionScope):
+    """A TXN on one connection; the same surface (and `with` block) as the embedded
+    `Transaction`."""
 
     def __init__(self, client: Client, isolation: str) -> None:
         if isolation not in LEVELS:
@@ -289,18 +290,6 @@ class ClientTransaction:
                 self.client.call(b"TXN", b"ROLLBACK")
             except NodeUnavailableError:
                 pass
-
-    abort = rollback
-
-    def __enter__(self) -> ClientTransaction:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.rollback()
-        elif self.state == "active":
-            self.commit()
 
 
 def connect(address: str, password: str | None = None, timeout_s: float = 10.0) -> Client:

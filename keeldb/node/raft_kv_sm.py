@@ -61,8 +61,12 @@ class RaftKvSM:
 
     def __init__(self, sm: kv.KvStateMachine) -> None:
         self.kv = sm
-        # Log time never goes back while this process runs, so an expiry cannot un-happen
-        # when a proposer's clock is behind the one before it.
+        # Log time: the largest now_ms of the entries applied so far (entry i applies at
+        # max(log time, its now_ms)), so an expiry cannot un-happen when a proposer's clock
+        # is behind the one before it. It is replicated state: equal on every replica at
+        # equal applied index. The Raft snapshot carries it, and replayed entries the store
+        # already holds still advance it (see `apply`), so a restarted or snapshot-fed
+        # replica applies each entry at the same time as the others.
         self.last_now_ms = 0
         self.skipped = 0  # replayed entries the store already held
 
@@ -73,12 +77,12 @@ class RaftKvSM:
         return bytes(value), f == READ
 
     def apply(self, index: int, command: bytes) -> tuple[str, Any]:
+        now_ms, batch = decode_command(command)
+        self.last_now_ms = max(self.last_now_ms, now_ms)
         if index <= self.kv.applied_index:
             self.skipped += 1
             return "ok", SKIPPED
-        now_ms, batch = decode_command(command)
         assert not batch.read_only, f"read-only batch in the log at index {index}"
-        self.last_now_ms = max(self.last_now_ms, now_ms)
         return "ok", pack_applied(self.kv.apply(batch, index=index, now_ms=self.last_now_ms))
 
     def read(self, command: bytes) -> tuple[str, Any]:
@@ -87,22 +91,27 @@ class RaftKvSM:
                                                                        now_ms)))
 
     def snapshot(self) -> bytes:
-        return msgpack.packb([SNAPSHOT_FORMAT, self.kv.applied_index, self.kv.snapshot()],
-                             use_bin_type=True)
+        return msgpack.packb([SNAPSHOT_FORMAT, self.kv.applied_index, self.kv.snapshot(),
+                              self.last_now_ms], use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
         """Restore a Raft snapshot unless the store already holds a later state (see the
         module docstring). b"" (no snapshot yet) keeps the store as it is for the same reason:
         the log replays from index 1 and every entry the store holds is skipped."""
         if not data:
+            self.last_now_ms = 0
             return
         try:
-            fmt, index, image = msgpack.unpackb(data, raw=False)
+            # a 4th field (log time) since the fix of replica divergence; older: 0
+            fmt, index, image, *rest = msgpack.unpackb(data, raw=False)
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise StateRestoreError(f"raft-kv snapshot does not decode: {exc}") from None
         if fmt != SNAPSHOT_FORMAT:
             raise StateRestoreError(f"raft-kv snapshot format {fmt}, expected "
                                     f"{SNAPSHOT_FORMAT}; upgrade this node")
+        # The log time at the snapshot's index; entries after it (applied or skipped as
+        # replayed) raise it again, so it is exact whether or not the store is ahead.
+        self.last_now_ms = int(rest[0]) if rest else 0
         if self.kv.applied_index >= int(index):
             return
         self.kv.restore(bytes(image))

@@ -32,6 +32,9 @@ identity. A write waits at most `request_wait_ticks` (a leader election): then i
 if it was never accepted by a core, else `info` (outcome unknown). Reads use ReadIndex (a
 follower asks the leader) and are answered from the local state machine once it applied up
 to the read index; a read with `value == "stale"` is answered from local state at once.
+
+Membership (the member file, the disk's lineage, the address book hook, conf-change and
+transfer requests) is the `raft_members.RaftMembership` mixin.
 """
 
 from __future__ import annotations
@@ -41,13 +44,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import crc32c
 import msgpack
 
 from keeldb import limits
 from keeldb.consensus import (
     ConfChange,
-    ConfChangeType,
     Config,
     Entry,
     EntryType,
@@ -59,9 +60,7 @@ from keeldb.consensus import (
     Role,
 )
 from keeldb.errors import (
-    ConfChangeRefusedError,
     CorruptionError,
-    LimitExceededError,
     ProposalDroppedError,
     UsageError,
 )
@@ -84,31 +83,26 @@ from keeldb.node.effects import (
     Tick,
 )
 from keeldb.node.raft_log import LOG_FILE, DurableLog, Write, recover, recover_prefix
+from keeldb.node.raft_members import (
+    ANNOUNCE,
+    CONF_CHANGE,
+    DAMAGE_CONFIRM_READS,
+    SUSPECT_FILE,
+    TRANSFER,
+    WIPED,
+    RaftMembership,
+    announce_command,
+    suspect_reads,
+)
+from keeldb.node.raft_members import (
+    MEMBER_FILE as MEMBER_FILE,  # re-exported (tests, hosts name it from here)
+)
 from keeldb.types import NodeId
 
 MS = 1_000_000
 TICK_TIMER = "raft-tick"
 FLUSH_TIMER = "raft-flush"  # a host's "end of this turn" (RaftNodeConfig.propose_on_flush)
-SUSPECT_FILE = "raft.suspect"
-# Wiped-member detection (docs/cluster.md). MEMBER_FILE holds two lines: the state (b"" or
-# WIPED) and the disk's lineage, a name made at its empty start. Every node ANNOUNCEs its
-# lineage through the log; the replicated book keeps the first lineage seen per member until
-# the member is removed. A node whose book entry names another lineage was known to the
-# cluster before its empty start: its disk was wiped. It then neither votes nor campaigns
-# (`Raft.refuse_votes`) and only replicates, until an operator removes and re-adds it.
-# A `--join` start is JOINING until its own ADD_LEARNER applies: a snapshot it is fed may
-# predate its earlier removal, so the book is not trusted before that.
-MEMBER_FILE = "raft.member"
-WIPED, JOINING = b"wiped", b"joining"
 STALE_READ = "stale"  # ClientRequest.key (or .value) of a read served from local state
-# ClientRequest.f of the membership and leadership requests (docs/design/raft-node.md)
-CONF_CHANGE, TRANSFER = "conf-change", "transfer"
-# ClientRequest.f: replicate "this node's client (RESP) address is value" (for redirects)
-ANNOUNCE = "announce"
-# Damage must be read this many times with identical bytes before the node acts on it (cuts
-# a torn tail or refuses to start): one read may be a transient bit flip, and on a small file
-# two reads flipping the same bit are not rare enough in a swarm (seed 243).
-DAMAGE_CONFIRM_READS = 3
 ENTRY_OVERHEAD_BYTES = 1024  # session id, seq and low around a command in an entry
 
 
@@ -129,17 +123,6 @@ class StateMachine(Protocol):
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot image (b"" is the initial state)."""
-
-
-def _suspect_reads(note: bytes, fp: bytes) -> int:
-    """How many earlier reads saw exactly the bytes fingerprinted `fp` (0 if others)."""
-    seen, _, count = note.rpartition(b"#")
-    return int(count) if seen == fp and count.isdigit() else 0
-
-
-def _member_ok(rec: Any) -> bool:
-    return (isinstance(rec, list) and len(rec) == 2 and all(isinstance(x, str) for x in rec)
-            and rec[0] in ("", WIPED.decode(), JOINING.decode()))
 
 
 def _pack(obj: Any) -> bytes:
@@ -307,16 +290,6 @@ class _Read:
 
 
 @dataclass(slots=True)
-class _Admin:
-    """A membership or leadership request waiting for its outcome."""
-
-    request_id: int
-    deadline: int
-    change: ConfChange | None = None  # answered when an equal change applies here
-    target: str = ""  # TRANSFER: answered when this node sees `target` lead
-
-
-@dataclass(slots=True)
 class RaftNodeStats:
     readies: int = 0
     syncs: int = 0
@@ -327,7 +300,7 @@ class RaftNodeStats:
     reproposals: int = 0
 
 
-class RaftNode:
+class RaftNode(RaftMembership):
     """A Raft-replicated `StateMachine` as a sans-IO node (see the module docstring)."""
 
     def __init__(self, sm_factory: Callable[[], StateMachine],
@@ -353,11 +326,7 @@ class RaftNode:
         # so a busy node sends one MsgApp per follower per fsync, not one per write.
         self.queued: dict[int, None] = {}  # seqs, in arrival order
         self.reads: dict[bytes, _Read] = {}  # ReadIndex context -> read
-        self.admin: dict[int, _Admin] = {}  # request id -> membership/transfer request
-        self.member_state = b""  # MEMBER_FILE's first line as last persisted
-        self.lineage = ""  # MEMBER_FILE's second line: this disk's name (see MEMBER_FILE)
-        # Called (by the host, outside the core) with the address book when it changes.
-        self.on_members: Callable[[dict[str, str]], None] | None = None
+        self._init_membership()  # admin, member_state, lineage, on_members (raft_members)
 
     # --- the Node contract -----------------------------------------------------------------
 
@@ -391,7 +360,7 @@ class RaftNode:
         if ev.files.get(SUSPECT_FILE) and not rec.problem:
             out.append(Persist(self._next_op(), SUSPECT_FILE, b"", replace=True))
         if rec.problem:
-            seen = _suspect_reads(ev.files.get(SUSPECT_FILE, b""), rec.fingerprint)
+            seen = suspect_reads(ev.files.get(SUSPECT_FILE, b""), rec.fingerprint)
             if seen + 1 < DAMAGE_CONFIRM_READS:
                 # Maybe a transient read error: note what we saw, halt, read again.
                 self.state = "halting"
@@ -424,32 +393,15 @@ class RaftNode:
         # Unique per incarnation: entries of an earlier incarnation never match our seqs.
         self.session = f"{ev.node}@{ev.now_ns}.{st.hard_state.term}.{st.last_index()}"
         if rec.empty:
-            self.lineage = self.session
             log_replace = out.pop()
             assert isinstance(log_replace, Persist), log_replace
-            self.member_state = JOINING if self.cfg.join else b""
-            out.append(self._member_persist())
+            out.append(self._new_member(self.session))
             out.append(Persist(self._next_op(), log_replace.file, log_replace.data,
                                log_replace.replace))
         else:
-            data = ev.files.get(MEMBER_FILE, b"")
-            recs, _, problem = raft_codec.decode_records(data, MEMBER_FILE)
-            if problem or len(recs) > 1 or (recs and not _member_ok(recs[0])):
-                # Replaced atomically, so any damage is a bad read or a bad disk: read again,
-                # refuse to start once the same bytes were read DAMAGE_CONFIRM_READS times.
-                fp = b"member:" + str(crc32c.crc32c(data)).encode()
-                seen = _suspect_reads(ev.files.get(SUSPECT_FILE, b""), fp)
-                if seen + 1 >= DAMAGE_CONFIRM_READS:
-                    raise CorruptionError(
-                        f"node {ev.node!r}: {MEMBER_FILE} is corrupt (read {seen + 1} times); "
-                        "remove the member (`keeldb cluster remove`), wipe its data dir and "
-                        "add it again", path=MEMBER_FILE)
-                self.state = "halting"
-                note = fp + b"#" + str(seen + 1).encode()
-                return [Persist(self._next_op(), SUSPECT_FILE, note, replace=True)]
-            # No file: a disk older than MEMBER_FILE, one fixed lineage per node
-            state, self.lineage = recs[0] if recs else ("", f"legacy:{ev.node}")
-            self.member_state = state.encode()
+            halt = self._load_member(ev)
+            if halt:
+                return halt
         last = out[-1]
         assert isinstance(last, Persist) and last.file == LOG_FILE and last.replace, last
         self.start_sync = last.op  # the core runs once this replace is durable
@@ -533,7 +485,7 @@ class RaftNode:
         kind = ""
         try:
             if req.f == ANNOUNCE:
-                command = _pack([str(req.key), str(req.value), self.lineage])
+                command = announce_command(str(req.key), str(req.value), self.lineage)
                 read_only, kind = False, ANNOUNCE
             else:
                 command, read_only = self.sessions.sm.command(req.f, req.key, req.value)
@@ -648,99 +600,6 @@ class RaftNode:
             return [Reply(w.request_id, "info", error="applied earlier or skipped; unknown")]
         kind, value = result
         return [Reply(w.request_id, "ok" if kind == "ok" else "fail", value)]
-
-    # --- membership and leadership ----------------------------------------------------------
-
-    def _admin_request(self, req: ClientRequest) -> list[Effect]:
-        """CONF_CHANGE (key = [type, node id], value = context bytes): propose it, answer
-        when it applied here. TRANSFER (key = target): answer when the target leads."""
-        assert self.raft is not None
-        if len(self.admin) >= limits.raft_node_admin_pending_max:
-            return [Reply(req.request_id, "fail",
-                          error=f"{len(self.admin)} membership requests pending, limit "
-                                "raft_node_admin_pending_max; retry when they finished")]
-        deadline = self.ticks + limits.raft_node_admin_wait_ms // limits.raft_node_tick_ms
-        try:
-            if req.f == TRANSFER:
-                target = str(req.key)
-                if target not in self.raft.conf.voters:
-                    return [Reply(req.request_id, "fail",
-                                  error=f"{target!r} is not a voter (voters: "
-                                        f"{', '.join(self.raft.conf.voters)}); add it first")]
-                if self.raft.lead == target:
-                    return [Reply(req.request_id, "ok", {"leader": target})]
-                self.raft.transfer_leader(NodeId(target))
-                self.admin[req.request_id] = _Admin(req.request_id, deadline, target=target)
-            else:
-                kind, node = req.key
-                cc = ConfChange(ConfChangeType(kind), NodeId(str(node)), bytes(req.value or b""))
-                self.raft.propose_conf_change(cc)
-                self.admin[req.request_id] = _Admin(req.request_id, deadline, change=cc)
-        except (ConfChangeRefusedError, ProposalDroppedError, LimitExceededError,
-                ValueError, TypeError) as exc:
-            return [Reply(req.request_id, "fail", error=str(exc))]
-        return []
-
-    def _admin_progress(self) -> list[Effect]:
-        """Answer transfers that finished and requests that ran out of time."""
-        assert self.raft is not None
-        out: list[Effect] = []
-        for rid, a in list(self.admin.items()):
-            if a.target and self.raft.lead == a.target:
-                del self.admin[rid]
-                out.append(Reply(rid, "ok", {"leader": a.target}))
-            elif self.ticks >= a.deadline:
-                del self.admin[rid]
-                what = f"transfer to {a.target}" if a.target else f"change {a.change}"
-                out.append(Reply(rid, "info", error=f"{what} not done within "
-                                 f"{limits.raft_node_admin_wait_ms} ms; check /status"))
-        return out
-
-    def _conf_applied(self, cc: ConfChange) -> list[Effect]:
-        if cc.context:
-            try:
-                book = _unpack(cc.context)
-                self.sessions.members.update({str(k): str(v) for k, v in book.items()})
-            except (ValueError, TypeError, AttributeError, msgpack.UnpackException):
-                self.stats.bad_messages += 1  # an address book we cannot read: keep ours
-        out: list[Effect] = []
-        if cc.node == self.id and cc.type != ConfChangeType.REMOVE:
-            out += self._joined()
-        if cc.type == ConfChangeType.REMOVE:
-            self.sessions.members.pop(cc.node, None)
-            self.sessions.clients.pop(cc.node, None)  # re-added later, it announces anew
-        self._members_changed()
-        for rid, a in list(self.admin.items()):
-            if a.change is not None and (a.change.type, a.change.node) == (cc.type, cc.node):
-                del self.admin[rid]
-                out.append(Reply(rid, "ok", {"change": cc.type.value, "node": cc.node}))
-        return out
-
-    def _joined(self) -> list[Effect]:
-        """This node is a member: a JOINING disk now trusts the book (see MEMBER_FILE)."""
-        if self.member_state != JOINING:
-            return []
-        self.member_state = b""
-        return [self._member_persist()]
-
-    def _members_changed(self) -> None:
-        if self.on_members is not None:
-            self.on_members(dict(self.sessions.members))
-
-    def _check_wiped(self) -> list[Effect]:
-        """Has the replicated book another lineage for our id? Then our disk was wiped."""
-        assert self.raft is not None
-        known = self.sessions.clients.get(self.id)
-        if known is None or known[1] == self.lineage or self.member_state in (WIPED, JOINING):
-            return []
-        self.member_state = WIPED
-        self.raft.refuse_votes = True
-        # Unsynced: a lost write re-runs this check after a restart, with the same result.
-        return [self._member_persist()]
-
-    def _member_persist(self) -> Persist:
-        record = raft_codec.encode_record([self.member_state.decode(), self.lineage])
-        return Persist(self._next_op(), MEMBER_FILE, record, replace=True)
 
     # --- the Ready loop --------------------------------------------------------------------
 
@@ -884,9 +743,7 @@ class RaftNode:
                 "first_index": s.first_index, "last_index": s.last_index,
                 "pending_writes": len(self.writes), "pending_reads": len(self.reads),
                 "voters": list(s.conf.voters), "learners": list(s.conf.learners),
-                "progress": progress, "members": dict(self.sessions.members),
-                "clients": {k: v[0] for k, v in self.sessions.clients.items()},
-                "member_state": self.member_state.decode() or "ok", "lineage": self.lineage,
+                "progress": progress, **self.membership_status(),
                 "refuse_votes": r.refuse_votes, "votes_refused": r.votes_refused,
                 "refused_for_index": r.refused_for_index, "lease_reads": r.cfg.lease_reads,
                 "snapshots_installed": self.stats.snapshots_installed,

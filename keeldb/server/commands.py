@@ -4,7 +4,8 @@
 `keeldb.node.kvstate`, with Redis's exact error texts. `Connection` is the state of one client
 connection (protocol version, authentication, name, MULTI queue, WATCH tokens) and handles
 the connection-level commands itself (PING, ECHO, HELLO, AUTH, SELECT, CLIENT, COMMAND, INFO,
-CONFIG GET, QUIT, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH).
+CONFIG GET, QUIT, RESET, MULTI/EXEC/DISCARD/WATCH/UNWATCH); the interactive TXN
+commands are decided by `keeldb.server.txn_commands`.
 
 A server drives a `Connection` like this (no I/O here):
 

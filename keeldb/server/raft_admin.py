@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -29,7 +30,7 @@ import msgpack
 from keeldb import limits
 from keeldb.consensus import ConfChangeType
 from keeldb.node.raft_node import ANNOUNCE, CONF_CHANGE, TRANSFER
-from keeldb.runtime.real.transport import Address, Transport, _Peer
+from keeldb.runtime.real.transport import Address, OnMessage, Transport
 from keeldb.types import NodeId
 
 if TYPE_CHECKING:
@@ -56,29 +57,35 @@ class AdminActionError(Exception):
 class MembershipTransport(Transport):
     """A `Transport` whose peer set grows as members join (their address comes from the
     replicated address book), and that drops, rather than asserts on, a frame to a member
-    whose address is not known yet (the core retries; the book arrives with the change)."""
+    whose address is not known yet (the core retries; the book arrives with the change).
+    Only the transport's public API is used (`add_peer`, `peers`, `port`)."""
 
-    def add_peer(self, peer: NodeId, addr: Address) -> bool:
-        """Know `peer` at `addr` (True if that is new). Called on the event loop."""
-        if peer == self.node:
-            return False
-        known = self._peers.get(peer)
-        if known is not None:
-            if known.addr == addr:
-                return False
-            known.addr = addr  # the next (re)connect dials the new address
-            return True
-        self._peers[peer] = _Peer(peer, addr, limits.send_queue_frames_max)
-        return True
+    def __init__(self, node: NodeId, listen: Address, peers: Mapping[NodeId, Address],
+                 on_message: OnMessage, **kw: Any) -> None:
+        super().__init__(node, listen, peers, on_message, **kw)
+        self._listen_host = listen[0]
+        # id -> address, as given: the book this node hands to a member it adds
+        self._addresses: dict[NodeId, Address] = {p: a for p, a in peers.items() if p != node}
+
+    def add_peer(self, node: NodeId, address: Address) -> bool:
+        """Know `node` at `address` (True if that is new). Called on the event loop."""
+        changed = super().add_peer(node, address)
+        if changed:
+            self._addresses[node] = address
+        return changed
+
+    def remove_peer(self, node: NodeId) -> bool:
+        self._addresses.pop(node, None)
+        return super().remove_peer(node)
 
     def address_book(self) -> dict[str, str]:
         """id -> "HOST:PORT" of every peer and of this node's own listening port."""
-        book = {str(p): f"{peer.addr[0]}:{peer.addr[1]}" for p, peer in self._peers.items()}
-        book[str(self.node)] = f"{self._listen[0]}:{self.port}"
+        book = {str(p): f"{a[0]}:{a[1]}" for p, a in sorted(self._addresses.items())}
+        book[str(self.node)] = f"{self._listen_host}:{self.port}"
         return book
 
     def send(self, to: NodeId, msg: Any) -> bool:
-        if to not in self._peers:
+        if to not in self._addresses:
             self.stats.dropped_overflow += 1
             return False
         return super().send(to, msg)

@@ -99,6 +99,7 @@ class RaftApplyPath:
         self.world = RealWorld(self.node_id, RealDisk(raft_dir), self.transport, loop)
         self.world.reply_route = self._on_reply
         self.world.on_halt = lambda why: self._fatal(RuntimeError(f"raft node halted: {why}"))
+        self.world.inline_io = self._few_pending
         others = tuple(p for p in sorted(addrs) if p != self.node_id)
         self.driver = Driver(self.node_id, others, self._make_node, self.world)
         self._fault_port = fault_port
@@ -301,6 +302,10 @@ class RaftApplyPath:
             # The reply leaves now, without a loop turn; `done` may submit again (the driver
             # queues a request that arrives while the node steps).
             done(result)
+
+    def _few_pending(self) -> bool:
+        """Disk jobs run on the loop while few requests wait (see RealWorld.inline_io)."""
+        return len(self._pending) <= limits.server_raft_inline_sync_pending_max
 
     def _update_events(self) -> None:
         if len(self._pending) >= min(limits.server_apply_queue_max, self._cfg.pending_max):

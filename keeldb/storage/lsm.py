@@ -489,7 +489,7 @@ class LsmEngine:
         if start is not None and end is not None and start >= end:
             return []
         with self._rmu:
-            sources, sizes = self._sources(version, seq, start, end, reverse)
+            sources, sizes = self._sources(version, seq, start, end, reverse, n)
             if not sources:
                 return []
             slack = PAGE_SLACK_ENTRIES if len(sources) > 1 else 1
@@ -503,20 +503,25 @@ class LsmEngine:
         return pairs
 
     def _sources(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
-                 reverse: bool) -> tuple[list[Iterator[Any]], list[int]]:
+                 reverse: bool, page: int = 0) -> tuple[list[Iterator[Any]], list[int]]:
         """One iterator per non-empty memtable, overlapping L0 table and non-empty level,
-        newest first, with their entry counts. Call with the read lock held."""
+        newest first, with their entry counts. Call with the read lock held.
+
+        `page`: the scan reads about each source's share of this many entries first, so a
+        memtable maps only that share in its first chunk (0: no hint)."""
         mems = [m for m in (version.mem,) + version.imms if len(m)]
-        sources: list[Iterator[Any]] = [m.iter(start, end, reverse, seq) for m in mems]
         sizes = [len(m) for m in mems]  # entries per source: mergers read in proportion
-        for t in version.levels[0]:
-            if (end is None or t.smallest < end) and (start is None or t.largest >= start):
-                reader = self.table_cache.get(t.id, t.name)
-                sources.append(reader.iter(start, end, reverse))
-                sizes.append(t.entries)
-        for tables, largest, entries in version.deep:
-            sources.append(self._level_iter(tables, start, end, reverse, largest))
-            sizes.append(entries)
+        tables = [t for t in version.levels[0]
+                  if (end is None or t.smallest < end) and (start is None or t.largest >= start)]
+        sizes += [t.entries for t in tables]
+        sizes += [entries for _, _, entries in version.deep]
+        total, slack = sum(sizes), PAGE_SLACK_ENTRIES if len(sizes) > 1 else 1
+        sources: list[Iterator[Any]] = [  # first chunk: the share `_scan_page` will read
+            m.iter(start, end, reverse, seq, page * len(m) // total + slack) if page
+            else m.iter(start, end, reverse, seq) for m in mems]
+        sources += [self.table_cache.get(t.id, t.name).iter(start, end, reverse) for t in tables]
+        sources += [self._level_iter(level_tables, start, end, reverse, largest)
+                    for level_tables, largest, _ in version.deep]
         return sources, sizes
 
     def _scan_chunks(self, version: Version, seq: int, start: bytes | None, end: bytes | None,

@@ -5,12 +5,18 @@ kept (in `old`, oldest first) only when a live snapshot could still read them, i
 overwritten version's seq is <= the newest live snapshot's seq; otherwise no reader can ever
 see them and they are dropped at once.
 
-Sorted order is kept incrementally: the first scan (or the flush) sorts the keys once; later
-writes append the keys they add to `_delta` (append-only), and the next scan merges just those
-into a new sorted list (copy-on-write: a running scan keeps slicing the list it started with).
-A full re-sort happens only when the delta is large. Memtables scanned many times without a
-write in between also keep a sorted list of their entries, so a scan slices entries instead
-of looking each key up in the dict (random memory access dominates that).
+Sorted order is kept incrementally, in two copy-on-write levels published as one tuple
+`_sorted = (base, upto, fresh, n)`: `base` is every key of `_delta[:upto]` sorted; `fresh`
+holds the keys of `_delta[upto:n]` not in `base`, sorted; neither list is ever mutated once
+published, so a running scan keeps slicing the lists it started with. Writes append the keys
+they add to `_delta` (append-only). A scan after writes merges only the new delta into `fresh`
+(a copy of at most ~len(base)/FRESH_DIVISOR keys) and walks `base` and `fresh` side by side
+over its own range: O(log n + fresh + page), not O(n). `fresh` is folded into `base` (one
+timsort merge of two runs, O(n)) only once it outgrows its bound, so that cost is amortized
+over many new keys; a delta larger than 1/MERGE_DELTA_DIVISOR of `base` is a full re-sort.
+Memtables scanned many times without a write in between also keep a sorted list of their
+entries, so a scan slices entries instead of looking each key up in the dict (random memory
+access dominates that).
 
 Byte accounting: each version costs `len(key) + len(value) + ENTRY_OVERHEAD_BYTES`; the engine
 makes the memtable immutable once `bytes` reaches `Options.memtable_bytes`.
@@ -36,11 +42,22 @@ ENTRY_OVERHEAD_BYTES = 64
 
 # A delta of new keys above 1/MERGE_DELTA_DIVISOR of the sorted keys is merged by a full sort.
 MERGE_DELTA_DIVISOR = 4
+# `fresh` (new keys not yet folded into `base`) is folded once it holds more than
+# max(FRESH_KEYS_MIN, len(base) // FRESH_DIVISOR) keys: a scan after a write copies at most
+# that many keys, and a fold (O(n)) happens at most once per that many new keys.
+FRESH_KEYS_MIN = 512
+FRESH_DIVISOR = 64
 # Build the sorted entry list after this many scans with no write (and at least one scan per
-# ENTRIES_BUILD_KEYS_PER_SCAN keys): building costs one dict lookup per key, a scan saves ~64.
+# ENTRIES_BUILD_KEYS_PER_SCAN keys): building costs one dict lookup per key, a scan of a page
+# saves about one lookup per entry it returns (a few dozen).
 ENTRIES_BUILD_SCANS_MIN = 8
-ENTRIES_BUILD_KEYS_PER_SCAN = 64
+ENTRIES_BUILD_KEYS_PER_SCAN = 1024
+# First chunk of a memtable iterator when the caller gives no hint; later chunks double up to
+# CHUNK_ENTRIES_MAX.
+CHUNK_ENTRIES_FIRST = 128
+CHUNK_ENTRIES_MAX = 4096
 
+_EMPTY: list[bytes] = []
 _key_of_op = itemgetter(1)
 _seq_of_entry = itemgetter(1)
 
@@ -72,8 +89,8 @@ class Memtable:
         self.seq_max = 0
         self.frozen = False
         self.versions = 0
-        # (sorted keys, how many `_delta` keys they include); one tuple, swapped atomically.
-        self._sorted: tuple[list[bytes], int] | None = None
+        # (base, upto, fresh, n) as the module docstring says; one tuple, swapped atomically.
+        self._sorted: tuple[list[bytes], int, list[bytes], int] | None = None
         self._delta: list[bytes] = []  # keys added by writes, in write order (append-only)
         # (sorted keys it matches, seq_max it was built at, entries in key order)
         self._entries: tuple[list[bytes], int, list[Entry]] | None = None
@@ -135,32 +152,53 @@ class Memtable:
         self.frozen = True
 
     def sorted_keys(self) -> list[bytes]:
-        """Every key, sorted; the list is never mutated after it is returned."""
+        """Every key, sorted, as one list (folds `fresh` into `base`); never mutated after it
+        is returned. Scans use `sorted_view`, which avoids the O(n) fold."""
+        base, fresh = self.sorted_view()
+        if not fresh:
+            return base
+        state = self._sorted
+        keys = base + fresh
+        keys.sort()  # two sorted runs: timsort merges them
+        if state is not None and state[0] is base and state[2] is fresh:
+            self._sorted = (keys, state[3], _EMPTY, state[3])
+        return keys
+
+    def sorted_view(self) -> tuple[list[bytes], list[bytes]]:
+        """(base, fresh): two disjoint sorted lists holding every key between them, neither
+        ever mutated after it is returned. Costs O(new keys + len(fresh)) after writes."""
         state = self._sorted
         n = len(self._delta)  # read before the table: later keys are merged next time
-        if state is not None and state[1] == n:
-            return state[0]
+        if state is not None and state[3] == n:
+            return state[0], state[2]
         if state is None:
-            keys = sorted(self.table)
+            base, upto, fresh = sorted(self.table), n, _EMPTY
         else:
-            old, upto = state
-            fresh = sorted(set(self._delta[upto:n]))
-            if len(fresh) * MERGE_DELTA_DIVISOR > len(old):
-                keys = sorted(self.table)
+            base, upto, fresh, done = state
+            new = sorted(set(self._delta[done:n]))
+            if len(new) * MERGE_DELTA_DIVISOR > len(base):
+                base, upto, fresh = sorted(self.table), n, _EMPTY
             else:
                 # Drop keys already there (overwrites; keys a concurrent full sort included).
-                size = len(old)
-                fresh = [k for k in fresh
-                         if (i := bisect.bisect_left(old, k)) == size or old[i] != k]
-                if len(fresh) <= 8:
-                    keys = old.copy()
-                    for k in fresh:
-                        bisect.insort(keys, k)
-                else:
-                    keys = old + fresh
-                    keys.sort()  # two sorted runs: timsort merges them
-        self._sorted = (keys, n)
-        return keys
+                size, fsize = len(base), len(fresh)
+                new = [k for k in new
+                       if ((i := bisect.bisect_left(base, k)) == size or base[i] != k)
+                       and ((j := bisect.bisect_left(fresh, k)) == fsize or fresh[j] != k)]
+                if new:
+                    if len(new) <= 8:
+                        fresh = fresh.copy()
+                        for k in new:
+                            bisect.insort(fresh, k)
+                    else:
+                        fresh = fresh + new
+                        fresh.sort()  # two sorted runs: timsort merges them
+                    if len(fresh) > max(FRESH_KEYS_MIN, len(base) // FRESH_DIVISOR):
+                        base = base + fresh  # fold: O(n), once per that many new keys
+                        base.sort()
+                        upto, fresh = n, _EMPTY
+        assert len(fresh) <= max(FRESH_KEYS_MIN, len(base) // FRESH_DIVISOR), len(fresh)
+        self._sorted = (base, upto, fresh, n)
+        return base, fresh
 
     def flush_entries(self) -> list[Entry]:
         """Every version, sorted by (key asc, seq desc), as tables want them."""
@@ -187,44 +225,37 @@ class Memtable:
         return out
 
     def iter(
-        self, start: bytes | None, end: bytes | None, reverse: bool, seq: int
+        self, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
+        first: int = CHUNK_ENTRIES_FIRST,
     ) -> Iterator[Entry]:
         """The version visible at `seq` of each key in [start, end), in key order.
 
         Built as chunks (lists) handed out by `chain.from_iterable`, so pulling one entry
-        costs no Python frame.
+        costs no Python frame. `first`: size of the first chunk (later ones double): a caller
+        that reads only a page's share from this memtable passes about that share, so no
+        more keys than it needs are looked up.
         """
-        return chain.from_iterable(self._chunks(start, end, reverse, seq))
+        return chain.from_iterable(self._chunks(start, end, reverse, seq, max(1, first)))
 
     def _chunks(self, start: bytes | None, end: bytes | None, reverse: bool,
-                seq: int) -> Iterator[list[Entry]]:
-        keys = self.sorted_keys()
-        lo = 0 if start is None else bisect.bisect_left(keys, start)
-        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+                seq: int, first: int) -> Iterator[list[Entry]]:
+        base, fresh = self.sorted_view()
         seq_max = self.seq_max
-        if seq_max <= seq:
-            entries = self._clean_entries(keys, seq_max)
+        if seq_max <= seq and not fresh:
+            entries = self._clean_entries(base, seq_max)
             if entries is not None:
                 # Exactly the state at `seq`: writes up to `seq` were all applied by now
                 # (seq_max was not above it) and the list never changes.
-                yield from self._slices(entries, lo, hi, reverse)
+                lo = 0 if start is None else bisect.bisect_left(base, start)
+                hi = len(base) if end is None else bisect.bisect_left(base, end)
+                yield from self._slices(entries, lo, hi, reverse, first)
                 return
         getitem = self.table.__getitem__
         get_at = self.get_at
         # Entries are fetched in growing chunks with one C-level map each; while no write
         # newer than `seq` has reached this memtable (seq_max <= seq before and after the
         # map), the chunk needs no per-entry check.
-        size = 128  # a scan of 100 (the common page) maps one chunk per memtable
-        pos = hi if reverse else lo
-        while (pos > lo) if reverse else (pos < hi):
-            if reverse:
-                chunk_keys = keys[max(lo, pos - size) : pos]
-                chunk_keys.reverse()
-                pos -= len(chunk_keys)
-            else:
-                chunk_keys = keys[pos : min(hi, pos + size)]
-                pos += len(chunk_keys)
-            size = min(size * 2, 4096)
+        for chunk_keys in _key_chunks(base, fresh, start, end, reverse, first):
             clean = self.seq_max <= seq
             entries = list(map(getitem, chunk_keys))
             if clean and self.seq_max <= seq:
@@ -257,18 +288,65 @@ class Memtable:
         return entries
 
     @staticmethod
-    def _slices(entries: list[Entry], lo: int, hi: int, reverse: bool) -> Iterator[list[Entry]]:
-        size = 128
+    def _slices(entries: list[Entry], lo: int, hi: int, reverse: bool,
+                size: int) -> Iterator[list[Entry]]:
         if reverse:
             while hi > lo:
                 chunk = entries[max(lo, hi - size):hi]
                 chunk.reverse()
                 hi -= len(chunk)
-                size = min(size * 2, 4096)
+                size = min(size * 2, CHUNK_ENTRIES_MAX)
                 yield chunk
         else:
             while lo < hi:
                 chunk = entries[lo:min(hi, lo + size)]
                 lo += len(chunk)
-                size = min(size * 2, 4096)
+                size = min(size * 2, CHUNK_ENTRIES_MAX)
                 yield chunk
+
+
+def _key_chunks(base: list[bytes], fresh: list[bytes], start: bytes | None,
+                end: bytes | None, reverse: bool, size: int) -> Iterator[list[bytes]]:
+    """The keys of base and fresh (disjoint, sorted) in [start, end), in scan order, as
+    chunks of growing size: each chunk is a slice of `base` plus the `fresh` keys that fall
+    between it and the next one, found by bisection (never a walk over either list)."""
+    bisect_left = bisect.bisect_left
+    lo = 0 if start is None else bisect_left(base, start)
+    hi = len(base) if end is None else bisect_left(base, end)
+    flo = 0 if start is None else bisect_left(fresh, start)
+    fhi = len(fresh) if end is None else bisect_left(fresh, end)
+    if not reverse:
+        pos, fpos = lo, flo
+        while pos < hi:
+            nxt = min(hi, pos + size)
+            chunk = base[pos:nxt]
+            if fpos < fhi:
+                fend = bisect_left(fresh, base[nxt], fpos, fhi) if nxt < hi else fhi
+                if fend > fpos:
+                    chunk += fresh[fpos:fend]
+                    chunk.sort()
+                    fpos = fend
+            pos = nxt
+            size = min(size * 2, CHUNK_ENTRIES_MAX)
+            yield chunk
+        if fpos < fhi:  # no base key in the range: fresh alone (at most its bound)
+            yield fresh[fpos:fhi]
+    else:
+        pos, fpos = hi, fhi
+        while pos > lo:
+            nxt = max(lo, pos - size)
+            chunk = base[nxt:pos]
+            if fpos > flo:
+                fbeg = bisect_left(fresh, base[nxt], flo, fpos) if nxt > lo else flo
+                if fbeg < fpos:
+                    chunk += fresh[fbeg:fpos]
+                    chunk.sort()
+                    fpos = fbeg
+            chunk.reverse()
+            pos = nxt
+            size = min(size * 2, CHUNK_ENTRIES_MAX)
+            yield chunk
+        if fpos > flo:
+            chunk = fresh[flo:fpos]
+            chunk.reverse()
+            yield chunk

@@ -14,7 +14,7 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice
-from operator import itemgetter
+from operator import eq, itemgetter
 
 from keeldb.storage.engine import KIND_DELETE
 
@@ -168,9 +168,18 @@ def _resolve(taken: list[Entry], seq: int, reverse: bool,
     # (key, seq) ascending, then a dict keeps the last -- newest -- version per key
     if not presorted:
         taken.sort()
-    newest = dict(zip(map(_key_of, taken), taken, strict=True)).values()
-    pairs = list(compress(zip(map(_key_of, newest), map(_value_of, newest), strict=True),
-                          map(_kind_of, newest)))  # tombstones (kind 0) are dropped
+    keys = list(map(_key_of, taken))
+    newest: Iterable[Entry]
+    if any(map(eq, keys, islice(keys, 1, None))):  # some key has several versions
+        newest = dict(zip(keys, taken, strict=True)).values()
+        keys = list(map(_key_of, newest))
+    else:
+        newest = taken  # one version per key (the common page): no dict needed
+    if all(map(_kind_of, newest)):
+        pairs = list(zip(keys, map(_value_of, newest), strict=True))
+    else:  # tombstones (kind 0) are dropped
+        pairs = list(compress(zip(keys, map(_value_of, newest), strict=True),
+                              map(_kind_of, newest)))
     if reverse:
         pairs.reverse()
     return pairs

@@ -36,6 +36,7 @@ TAG_PUT = b"\x01"
 # Engine-key bytes added to a user key besides escaping.
 KEY_OVERHEAD = len(VERSION_PREFIX) + len(TERMINATOR) + TS_BYTES
 VALUE_OVERHEAD = 1
+_TS_AFTER = b"\xff" * (TS_BYTES + 1)  # key_prefix(k) + this sorts after every version of k
 
 
 class Reader(Protocol):
@@ -145,20 +146,29 @@ def last_ts(reader: Reader) -> int:
 def versions(reader: Reader, key: bytes) -> list[Version]:
     """Every stored version of `key`, newest first (asserts the order)."""
     lo = key_prefix(key)
-    out = [decode_version(k, v) for k, v in reader.scan(lo, lo + b"\xff" * (TS_BYTES + 1))]
+    out = [decode_version(k, v) for k, v in reader.scan(lo, lo + _TS_AFTER)]
     for newer, older in zip(out, out[1:], strict=False):
         assert newer.ts > older.ts, f"versions of {key!r} out of order: {newer.ts}, {older.ts}"
     return out
 
 
 def get_at(reader: Reader, key: bytes, ts: int) -> bytes | None:
-    """The value of `key` visible at `ts` (None: absent or deleted)."""
-    lo = version_key(key, ts)  # the first version at or below ts
-    hi = key_prefix(key) + b"\xff" * (TS_BYTES + 1)
-    for engine_key, engine_value in reader.scan(lo, hi, limit=1):
-        version = decode_version(engine_key, engine_value)
-        assert version.key == key and version.ts <= ts
-        return version.value
+    """The value of `key` visible at `ts` (None: absent or deleted).
+
+    A one-pair range scan from `version_key(key, ts)`: the newest version at or below `ts`
+    is the first engine key there. (An engine point read cannot answer this: each version
+    is its own engine key and `ts` is not an engine seq, so the version to read is found
+    only by seeking; the engine's page scan makes that seek cheap.)"""
+    prefix = key_prefix(key)
+    lo = prefix + encode_ts(ts)  # the first version at or below ts
+    for engine_key, engine_value in reader.scan(lo, prefix + _TS_AFTER, limit=1):
+        assert len(engine_key) == len(lo) and engine_key.startswith(prefix), engine_key
+        assert decode_ts(engine_key[-TS_BYTES:]) <= ts, (engine_key, ts)
+        tag = engine_value[:1]
+        if tag == TAG_PUT:
+            return engine_value[1:]
+        assert tag == TAG_TOMBSTONE and len(engine_value) == 1, f"bad version {engine_value!r}"
+        return None
     return None
 
 

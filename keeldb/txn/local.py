@@ -24,10 +24,11 @@ sans-IO, so time (`clock`) and waiting (`sleep`, used by `transactional`) are po
 from __future__ import annotations
 
 import heapq
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from keeldb import limits
 from keeldb.errors import (
@@ -257,7 +258,36 @@ class TransactionManager:
             )
 
 
-class Transaction:
+class TransactionScope(ABC):
+    """The `with` block every transaction handle shares (this module's `Transaction` and the
+    client's `ClientTransaction`): it commits when the block ends normally, rolls back when
+    the block raises, and leaves an already ended transaction alone. `abort` is `rollback`."""
+
+    state: str  # "active" while the transaction may still commit
+
+    @abstractmethod
+    def commit(self) -> object:
+        """Make the writes visible (or raise); the result is the subclass's."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Discard the transaction; safe to call more than once."""
+
+    def abort(self) -> None:
+        self.rollback()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.rollback()
+        elif self.state == "active":
+            self.commit()
+
+
+class Transaction(TransactionScope):
     """One interactive transaction; use it from one thread at a time."""
 
     def __init__(self, mgr: TransactionManager, txn_id: int, isolation: str,
@@ -390,18 +420,6 @@ class Transaction:
             self.state = "aborted"
             self._writes.clear()
             self.mgr._end(self.id, aborted=True)
-
-    abort = rollback
-
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.rollback()
-        elif self.state == "active":
-            self.commit()
 
     def __repr__(self) -> str:
         return f"<Transaction {self.id} {self.isolation} {self.state}>"

@@ -1,7 +1,8 @@
 """`keeldb serve` as a real process, driven by real Redis clients.
 
-Each server is `python -m keeldb serve --port 0 --admin-port 0 --data <tmp>`; its ready line
-names the ports. Every process started here is stopped by its PID in teardown.
+Each server is `python -m keeldb serve --port 0 --admin-port 0 --data <tmp>` (started by
+`tests.integration.serve_process`); its ready line names the ports. Every process started
+here is stopped by its PID in teardown.
 """
 
 from __future__ import annotations
@@ -10,79 +11,21 @@ import asyncio
 import json
 import os
 import re
-import selectors
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.integration.serve_process import Server, running, start
+
 redis = pytest.importorskip("redis")
-from redis.backoff import NoBackoff  # noqa: E402
-from redis.retry import Retry  # noqa: E402
-
-REPO = Path(__file__).resolve().parent.parent.parent
-READY_TIMEOUT_S = 20
-READY = re.compile(rb"redis://[^:]+:(\d+) admin=http://127\.0\.0\.1:(\d+)")
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen[bytes]
-    port: int
-    admin: int
-    data: Path
-
-    def client(self, **kwargs: Any) -> Any:  # a redis.Redis
-        return redis.Redis(port=self.port, retry=Retry(NoBackoff(), 0), socket_timeout=20,
-                           **kwargs)
-
-    def http(self, path: str) -> tuple[int, str, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=10) as r:
-            return r.status, r.headers["Content-Type"], r.read().decode()
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-            raise AssertionError("the server did not stop within 15 s of the signal") from None
-
-
-def start(data: Path, *args: str) -> Server:
-    proc = subprocess.Popen([sys.executable, "-m", "keeldb", "serve", "--port", "0",
-                             "--admin-port", "0", "--data", str(data), *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    line = b""
-    while not line.endswith(b"\n") and time.monotonic() < deadline:
-        if sel.select(deadline - time.monotonic()):
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            line += chunk
-    sel.close()
-    match = READY.search(line)
-    if match is None:
-        os.kill(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=10)
-        raise AssertionError(f"no ready line: {line!r}; stderr: {err.decode()[-2000:]}")
-    return Server(proc, int(match.group(1)), int(match.group(2)), data)
 
 
 @pytest.fixture
@@ -96,24 +39,13 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     yield go
     for srv in started:  # teardown: every process we started, by PID
-        if srv.proc.poll() is None:
-            os.kill(srv.proc.pid, signal.SIGKILL)
-        srv.proc.wait(10)
-        for pipe in (srv.proc.stdout, srv.proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        srv.reap()
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start(tmp_path_factory.mktemp("serve") / "data", "--sweep-interval-ms", "50")
-    yield srv
-    if srv.proc.poll() is None:
-        os.kill(srv.proc.pid, signal.SIGKILL)
-    srv.proc.wait(10)
-    for pipe in (srv.proc.stdout, srv.proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    with running(tmp_path_factory.mktemp("serve") / "data", "--sweep-interval-ms", "50") as srv:
+        yield srv
 
 
 def raw(port: int, data: bytes, *, wait_close: bool = True) -> bytes:

@@ -16,7 +16,7 @@ import pytest
 
 from keeldb import limits
 from keeldb.codec.frame import FRAME_VERSION, encode_frame
-from keeldb.errors import ConfigError, FrameTooLargeError
+from keeldb.errors import ConfigError, FrameTooLargeError, LimitExceededError
 from keeldb.runtime.real.transport import LinkFaults, Transport, backoff_ms
 from keeldb.types import NodeId
 
@@ -278,3 +278,37 @@ def test_backoff_is_bounded_jittered_and_seeded() -> None:
     with pytest.raises(ConfigError):
         Transport(A, (LOOP, 0), {}, Inbox(), send_queue_frames_max=0)
 
+
+
+def test_add_peer_dials_a_new_member_and_remove_peer_forgets_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        ta, tb, ia, _ = await pair()
+        ic = Inbox()
+        pc = free_port()
+        addrs = {A: (LOOP, ta.port), B: (LOOP, tb.port), C: (LOOP, pc)}
+        tc = Transport(C, addrs[C], addrs, ic, seed=3)
+        await tc.start()
+        try:
+            assert ta.peers == (B,)
+            assert ta.add_peer(C, (LOOP, pc)) is True
+            assert ta.add_peer(C, (LOOP, pc)) is False  # already known there
+            assert ta.add_peer(A, (LOOP, 1)) is False  # itself
+            assert ta.peers == (B, C)
+            assert ta.send(C, "to c")
+            assert tc.send(A, "to a")  # a accepts c's hello now that it knows c
+            await wait_until(lambda: ic.msgs(A) == ["to c"] and ia.msgs(C) == ["to a"],
+                             "frames both ways with the added peer")
+            assert ta.remove_peer(C) is True
+            assert ta.remove_peer(C) is False
+            assert ta.peers == (B,)
+            await wait_until(lambda: C not in ta.status()["connected"], "link to c closed")
+            # a bounded peer set: one more than the limit is refused
+            monkeypatch.setattr(limits, "transport_peers_max", 1)
+            with pytest.raises(LimitExceededError, match="transport_peers_max"):
+                ta.add_peer(C, (LOOP, pc))
+            assert ta.peers == (B,)
+        finally:
+            await closing(ta, tb, tc)
+
+    run(main())

@@ -11,7 +11,6 @@ full 3-node matrix is slow-marked, a sample runs by default). Each case works in
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ from tests.conformance.test_hermitage import (
     _matches,
     load,
 )
+from tests.integration.serve_process import Server, running, start
 from tests.integration.test_cluster import Cluster
-from tests.integration.test_serve import Server, start
 
 SERVER_OCCURS = OCCURS  # the server lets happen exactly what the embedded store does
 SAMPLE_3NODE = ("G0", "P4", "G2-item", "PMP")
@@ -167,14 +166,8 @@ def cases(testdata_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def one_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start(tmp_path_factory.mktemp("txn-serve") / "data", "--sync", "never")
-    yield srv
-    if srv.proc.poll() is None:
-        os.kill(srv.proc.pid, signal.SIGKILL)
-    srv.proc.wait(10)
-    for pipe in (srv.proc.stdout, srv.proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    with running(tmp_path_factory.mktemp("txn-serve") / "data", "--sync", "never") as srv:
+        yield srv
 
 
 def cluster_addresses(c: Cluster) -> list[str]:

@@ -262,12 +262,10 @@ def test_raft_redis_txn_swarm(workload: str, isolation: str) -> None:
 # commit was applied as OK on one replica and refused as TXNTOOOLD on another, so the
 # replicas diverged and later reads lost acknowledged appends. The cause is in
 # `raft_kv_sm.RaftKvSM`: the log time a batch applies at is max(`last_now_ms`, the entry's
-# now_ms), and `last_now_ms` lives in process memory: it is not in the snapshot, so a replica
+# now_ms), and `last_now_ms` lived in process memory: it was not in the snapshot, so a replica
 # restored from a snapshot (or restarted) computes another time for the same entry than one
-# that applied the earlier entries itself. Every time-dependent decision diverges: expiry,
-# the TXN age limit. Reported to the owner (coordination notes, cluster).
-@pytest.mark.xfail(strict=True, reason="RaftKvSM.last_now_ms is not replicated state: a "
-                                      "snapshot-restored replica applies at another time")
+# that applied the earlier entries itself. Every time-dependent decision diverged: expiry,
+# the TXN age limit. Reported to the owner, who made the log time part of the snapshot.
 def test_replicas_apply_one_entry_at_one_log_time() -> None:
     from keeldb.node import kvstate as kv
     from keeldb.node.raft_kv_sm import encode_command
@@ -283,3 +281,11 @@ def test_replicas_apply_one_entry_at_one_log_time() -> None:
     a.apply(2, later)
     b.apply(2, later)
     assert a.kv.snapshot() == b.kv.snapshot(), "one log, two states: the replicas diverged"
+
+
+def test_regression_seed_170_replicas_agree_on_log_time() -> None:
+    for workload in ("list-append", "rw-register"):
+        result = run_sim(SimConfig("raft-redis", 170, parse_faults(
+            "duplicate,bridge,torn-write,enospc,fsync-fail,clock-jump,pause"),
+            workload=workload, isolation="serializable"))
+        assert result.ok, f"{result.violations[:3]}\nreproduce: {result.repro}"

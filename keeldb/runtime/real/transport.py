@@ -32,7 +32,7 @@ from typing import Any
 
 from keeldb import limits
 from keeldb.codec.frame import FrameDecoder, encode_frame
-from keeldb.errors import ConfigError, FrameError
+from keeldb.errors import ConfigError, FrameError, LimitExceededError
 from keeldb.types import NodeId
 
 log = logging.getLogger("keeldb.transport")
@@ -150,6 +150,10 @@ class Transport:
         self._frame_bytes_max = frame_bytes_max
         self._backoff = (backoff_ms_min, backoff_ms_max)
         self._rng = random.Random(f"{seed}:transport:{node}")
+        if len(peers) > limits.transport_peers_max:
+            raise ConfigError(f"{len(peers)} peers, over transport_peers_max="
+                              f"{limits.transport_peers_max}")
+        self._queue_max = send_queue_frames_max
         self._peers = {p: _Peer(p, a, send_queue_frames_max)
                        for p, a in sorted(peers.items()) if p != node}
         self._server: asyncio.Server | None = None
@@ -182,6 +186,46 @@ class Transport:
     def set_peer_address(self, peer: NodeId, addr: Address) -> None:
         """Point `peer` at a new address (used when ports are learned after start)."""
         self._peers[peer].addr = addr
+
+    def add_peer(self, node: NodeId, address: Address) -> bool:
+        """Know `node` at `address` (a member that joined): True if that changed anything.
+
+        A known peer keeps its queue; a new address is dialled on the next (re)connect. At
+        most `limits.transport_peers_max` peers (`LimitExceededError` beyond). Call it on the
+        event loop; the link's task starts with the first frame sent to it.
+        """
+        assert not self._closed, "add_peer on a closed transport"
+        if node == self.node:
+            return False
+        known = self._peers.get(node)
+        if known is not None:
+            if known.addr == address:
+                return False
+            known.addr = address
+            return True
+        if len(self._peers) >= limits.transport_peers_max:
+            raise LimitExceededError(
+                f"{self.node}: cannot add peer {node!r}: {len(self._peers)} peers known, the "
+                f"limit transport_peers_max={limits.transport_peers_max}; remove one first")
+        self._peers[node] = _Peer(node, address, self._queue_max)
+        return True
+
+    def remove_peer(self, node: NodeId) -> bool:
+        """Forget `node` (a removed member): its queued frames are dropped, its link task
+        stops and its connection closes. True if it was known. Inbound links from it stay
+        open until it closes them (its hello is refused on the next connect)."""
+        peer = self._peers.pop(node, None)
+        if peer is None:
+            return False
+        self.stats.dropped_overflow += len(peer.queue)
+        peer.queue.clear()
+        if peer.task is not None:
+            peer.task.cancel()
+            self._tasks.add(peer.task)  # awaited by close()
+            peer.task.add_done_callback(self._tasks.discard)
+        if peer.writer is not None:
+            peer.writer.close()
+        return True
 
     async def close(self) -> None:
         """Stop every task and close every connection; queued frames are discarded."""

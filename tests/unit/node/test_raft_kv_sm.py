@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from keeldb.codec.resp import ErrorReply, SimpleString
@@ -110,3 +111,38 @@ def test_snapshot_restores_a_store_behind_and_spares_one_ahead() -> None:
     assert ahead.kv.applied_index == 7 and read(ahead, kv.DbSize()) == (7,)
     with pytest.raises(StateRestoreError):
         ahead.restore(b"\x93\x09\x01\xc4\x00")  # format 9
+
+
+def test_log_time_is_replicated_state_restart_and_snapshot_agree() -> None:
+    """Entry i applies at max(now_ms of entries 1..i) on every replica: one that restarts
+    (store ahead, log replayed) or is fed a snapshot computes the time the others did."""
+    ttl = kv.Set(b"k", b"v", expire_mode=kv.EXPIRE_IN_MS, expire_ms=10_000)
+    engine = MemoryEngine()
+    a = RaftKvSM(kv.KvStateMachine(engine))
+    write(a, 1, kv.Set(b"x", b"1"), now=T0 + 300_000)  # a proposer with a fast clock
+    snap = a.snapshot()
+    write(a, 2, kv.Set(b"y", b"1"), now=T0)
+    # a restarts: store at index 2, Raft snapshot at index 1, log replays entry 2 (skipped)
+    restarted = RaftKvSM(kv.KvStateMachine(engine))
+    restarted.restore(snap)
+    assert restarted.last_now_ms == T0 + 300_000
+    assert restarted.apply(2, encode_command(kv.Batch((kv.Set(b"y", b"1"),)), T0)[1]) == (
+        "ok", SKIPPED)
+    fed = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    fed.restore(snap)  # a lagging follower
+    write(fed, 2, kv.Set(b"y", b"1"), now=T0)
+    replayed = RaftKvSM(kv.KvStateMachine(engine))  # restart with no snapshot: replay from 1
+    replayed.restore(b"")
+    for i, now in ((1, T0 + 300_000), (2, T0)):
+        replayed.apply(i, encode_command(kv.Batch((kv.Set(b"z", b"1"),)), now)[1])
+    for sm in (a, restarted, fed, replayed):
+        assert sm.last_now_ms == T0 + 300_000
+    for sm in (a, fed):
+        write(sm, 3, ttl, now=T0 + 1_000)
+    assert a.kv.snapshot() == fed.kv.snapshot(), "one log, two states: replicas diverged"
+    # a snapshot of the format before log time was carried restores with log time 0
+    old = msgpack.packb([1, 0, kv.KvStateMachine(MemoryEngine()).snapshot()])
+    fresh = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    fresh.last_now_ms = 5
+    fresh.restore(old)
+    assert fresh.last_now_ms == 0

@@ -223,3 +223,5 @@ transport_peers_max = 256  # peers one node's transport knows at once (add_peer 
 # thread, while at most this many client requests wait on it (a follower: always): one
 # small job costs less than the thread's two hand-offs; busier nodes keep the loop free.
 server_raft_inline_sync_pending_max = 2
+# Messages a RealWorld holds until the end of a step (sent earlier when this many wait).
+real_world_outbox_max = 4096

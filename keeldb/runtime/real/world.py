@@ -9,7 +9,8 @@ One OS process hosts one node, so one `RealWorld` serves one driver:
   on the loop thread as the driver requires; the driver submits one job (its queued ops) at a time;
   when the host's `inline_io()` says so (few requests waiting) a job runs on the loop instead,
   one callback after the step that queued it;
-- send: the asyncio `Transport`; reply: routed back to the client connection that asked.
+- send: the asyncio `Transport`, at the end of the step (replies first); reply: routed back
+  to the client connection that asked, at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from keeldb import limits
 from keeldb.node.effects import Apply, Message, Reply
 from keeldb.ports import Disk
 from keeldb.runtime.driver import IoResult
@@ -52,6 +54,8 @@ class RealWorld:
         # thread hand-offs); a busy node keeps the loop free for parsing while it syncs.
         self.inline_io: Callable[[], bool] | None = None
         self.inline_jobs = 0
+        self._outbox: list[tuple[NodeId, Message]] = []  # see send()
+        self._flush_due = False
         self.applied_count = 0
         self.last_applied: Any = None
         self.closed = False
@@ -103,6 +107,7 @@ class RealWorld:
                     complete: Callable[[IoResult], None]) -> None:
         if self.closed:
             return
+        self._flush_sends()  # the step's messages leave before this node's fsync
         try:
             result = perform()
         except Exception as exc:  # not a KeeldbError (the driver turns those into ok=False)
@@ -110,11 +115,31 @@ class RealWorld:
             self.halted(self.node, f"disk op crashed: {exc!r}")
             return
         complete(result)
+        self._flush_sends()  # e.g. a follower's ack, held until this sync: send it now
 
     def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
+        """Queue `msg` for the end of this step (`_flush_sends`, the loop's next callback):
+        a step's replies reach their clients before its messages cost socket writes (a
+        leader's commit notices to followers no longer delay the client's reply)."""
         self._mine(src)
-        if not self.closed:
-            self._transport.send(dst, msg)
+        if self.closed:
+            return
+        self._outbox.append((dst, msg))
+        if len(self._outbox) >= limits.real_world_outbox_max:
+            self._flush_sends()
+        elif not self._flush_due:
+            self._flush_due = True
+            self._loop.call_soon(self._flush_sends)
+
+    def _flush_sends(self) -> None:
+        """Hand the queued messages to the transport, in the order they were sent."""
+        self._flush_due = False
+        box, self._outbox = self._outbox, []
+        if self.closed:
+            return
+        send = self._transport.send
+        for dst, msg in box:
+            send(dst, msg)
 
     def reply(self, node: NodeId, reply: Reply) -> None:
         self._mine(node)

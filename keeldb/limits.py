@@ -220,8 +220,15 @@ transport_peers_max = 256  # peers one node's transport knows at once (add_peer 
 
 # --- cluster latency (area: cluster latency) ------------------------------------------------
 # A Raft server runs its disk job (append + fdatasync) on the event loop, not in the disk
-# thread, while at most this many client requests wait on it (a follower: always): one
-# small job costs less than the thread's two hand-offs; busier nodes keep the loop free.
+# thread, while 1 to this many client requests wait on it: one small job costs less than
+# the thread's two hand-offs; busier (and idle) nodes keep the loop free.
 server_raft_inline_sync_pending_max = 2
 # Messages a RealWorld holds until the end of a step (sent earlier when this many wait).
 real_world_outbox_max = 4096
+# --- storage write path: worker memory bound (area: storage write) --------------------------
+# Frames (kept packed) the worker reads ahead of the job using them; beyond, the parent blocks.
+worker_inbox_frames_max = 4
+# Bytes the flush worker's run merge reads from each sorted run at a time.
+worker_run_read_bytes = 64 * 1024
+# glibc malloc: allocations of at least this size in the worker are mmapped (freed to the OS).
+worker_malloc_mmap_threshold_bytes = 256 * 1024

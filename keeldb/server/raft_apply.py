@@ -304,8 +304,11 @@ class RaftApplyPath:
             done(result)
 
     def _few_pending(self) -> bool:
-        """Disk jobs run on the loop while few requests wait (see RealWorld.inline_io)."""
-        return len(self._pending) <= limits.server_raft_inline_sync_pending_max
+        """Disk jobs run on the loop while a few requests (at least one) wait on this node
+        (see RealWorld.inline_io). Not on an idle follower: its loop must stay free while a
+        slow fsync runs (heartbeats, the leader's next append), and a busy leader's
+        followers are the ones whose fsyncs queue up on a shared disk."""
+        return 0 < len(self._pending) <= limits.server_raft_inline_sync_pending_max
 
     def _update_events(self) -> None:
         if len(self._pending) >= min(limits.server_apply_queue_max, self._cfg.pending_max):

@@ -21,6 +21,7 @@ Checksums are the caller's job (the SSTable wraps the filter in a checksummed bl
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -123,7 +124,8 @@ class BloomFilter:
         # numpy sets each key's bits in a flat bit array (bit j of block i is bit i*512+j):
         # the same bits as `blocks[i] |= MASK_A[..] | MASK_B[..]` on 512-bit ints, several
         # times faster (a flush adds ~200k keys; the int loop was a quarter of its CPU).
-        h = np.fromiter(hashes, dtype=np.uint64)
+        h = (np.frombuffer(hashes, dtype=np.uint64) if isinstance(hashes, array)
+             and hashes.typecode == "Q" else np.fromiter(hashes, dtype=np.uint64))
         bits = np.zeros(nblocks * BLOCK_BITS, dtype=np.bool_)
         if len(h):
             base = ((h >> np.uint64(32)) * np.uint64(nblocks) >> np.uint64(32)).astype(np.int64)

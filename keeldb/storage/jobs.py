@@ -14,8 +14,9 @@ deletes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Protocol
 
 from keeldb.errors import BackgroundJobError
@@ -102,12 +103,36 @@ def build_table(disk: Disk, spec: TableSpec, entries: list[Entry], number: int,
 
 def sort_flush_entries(entries: list[Entry]) -> list[Entry]:
     """Sort a memtable's versions (shipped unsorted) as tables want them."""
-    entries.sort(key=_flush_order)
+    entries.sort(key=flush_order)
     return entries
 
 
-def _flush_order(e: Entry) -> tuple[bytes, int]:
+def flush_order(e: Entry) -> tuple[bytes, int]:
+    """Sort key of table order: key ascending, seq descending."""
     return e[0], -e[1]
+
+
+def build_table_stream(disk: Disk, spec: TableSpec, entries: Iterable[Entry], count: int,
+                       number: int, hook: Hook = None,
+                       crash_point: str = "flush-mid-table") -> TableMeta:
+    """`build_table` from an iterator of `count` sorted entries, consumed a writer's chunk at
+    a time: memory stays bounded by the writer's buffers, not by `count`."""
+    assert count > 0, "flush of an empty memtable"
+    it = iter(entries)
+    file = disk.create(table_name(number))
+    try:
+        writer = TableWriter(file, block_bytes=spec.block_bytes,
+                             bloom_bits_per_key=spec.bloom_bits_per_key,
+                             compression=spec.compression, expected_entries=count)
+        writer.add_many(islice(it, count // 2))
+        if hook is not None:
+            hook(crash_point)
+        writer.add_many(it)
+        props = writer.finish()
+    finally:
+        file.close()
+    assert props.entries == count, f"flush wrote {props.entries} entries, expected {count}"
+    return meta_of(number, props)
 
 
 def numbers_from(numbers: Sequence[int]) -> Callable[[], int]:
@@ -192,6 +217,11 @@ class JobRunner(Protocol):
                 alloc: Callable[[], int], hook: Hook) -> tuple[TableMeta, ...]:
         ...
 
+    def warm(self) -> None:
+        """The store is about to need jobs (its first memtable is a quarter full): a worker
+        runner starts its processes now, while the store's process is still small."""
+        ...
+
 
 class InlineRunner:
     """Runs jobs in the calling thread on the engine's disk."""
@@ -199,6 +229,9 @@ class InlineRunner:
     def __init__(self, disk: Disk, spec: TableSpec) -> None:
         self.disk = disk
         self.spec = spec
+
+    def warm(self) -> None:
+        """Nothing to prepare in-process."""
 
     def flush(self, mem: Memtable, number: int, hook: Hook) -> TableMeta:
         return build_table(self.disk, self.spec, mem.flush_entries(), number, hook)

@@ -148,6 +148,9 @@ class LsmEngine:
         self.runner: jobs.JobRunner = jobs.InlineRunner(disk, self._spec)
         self.reads = 0
         self._memtable_bytes = options.memtable_bytes
+        # At this memtable size the runner may get ready for its first job (start a worker
+        # while the process is small: see ProcessRunner.warm); once per engine.
+        self._warm_bytes = options.memtable_bytes // limits.worker_job_min_memtable_divisor
         self.stall_seconds = 0.0  # the embedded layer adds the time writers waited
         self.counters = dict(user_bytes=0, wal_bytes=0, flush_bytes=0, compaction_bytes=0,
                              manifest_bytes=0, flushes=0, compactions=0,
@@ -271,6 +274,9 @@ class LsmEngine:
             if mem.bytes >= self._memtable_bytes and \
                     len(self._version.imms) < limits.memtable_immutable_count_max:
                 self._rotate()
+        if mem.bytes >= self._warm_bytes:
+            self._warm_bytes = SEQ_MAX  # never again
+            self.runner.warm()
         return seq
 
     def put(self, key: bytes, value: bytes, sync: bool = False) -> int:

@@ -203,7 +203,8 @@ class TableWriter:
         self._last_keys: list[bytes] = []
         self._offsets: list[int] = []
         self._sizes: list[int] = []
-        self._hashes: list[int] = []  # xxh3 of every key added (duplicates allowed)
+        # xxh3 of every key added (duplicates allowed): 8 bytes each, not a Python int's 40
+        self._hashes = array("Q")
         self._distinct = 0  # distinct keys added
         self._offset = 0
         self._out: list[bytes] = []  # blocks not yet written to the file
@@ -281,7 +282,7 @@ class TableWriter:
         self._seq_max = max(self._seq_max, seq_max)
         self._raw_keys += sum(key_lens)
         self._raw_values += sum(value_lens)
-        self._hashes += map(xxh3_64_intdigest, keys)
+        self._hashes.extend(map(xxh3_64_intdigest, keys))
         # cum[i] = bytes of the pending block after taking the first i new entries
         sizes = map(add, map(add, key_lens, value_lens), repeat(ENTRY_OVERHEAD_BYTES))
         cum = list(accumulate(sizes, initial=self._pending_bytes))
@@ -396,7 +397,7 @@ class TableWriter:
         self._write_out()
         self._file.sync()
         assert self._file.size() == self._offset, (self._file.size(), self._offset)
-        self._hashes = []
+        self._hashes = array("Q")
         return replace(props, file_bytes=self._offset)
 
 

@@ -24,6 +24,8 @@ Wire: frames of `u32 length | msgpack`, each at most `limits.worker_frame_bytes_
 from __future__ import annotations
 
 import contextlib
+import heapq
+import io
 import logging
 import os
 import queue
@@ -32,7 +34,7 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any
 
 import msgpack
@@ -62,6 +64,17 @@ def _send(stream: IO[bytes], msg: Any) -> None:
 
 def _recv(stream: IO[bytes]) -> Any:
     """One message, or None at EOF (the other side closed or died)."""
+    payload = _recv_raw(stream)
+    return None if payload is None else _decode(payload)
+
+
+def _decode(payload: bytes) -> Any:
+    # Arrays come back as tuples: memtable versions arrive as entries, ready to sort.
+    return msgpack.unpackb(payload, raw=False, use_list=False)
+
+
+def _recv_raw(stream: IO[bytes]) -> bytes | None:
+    """One message still packed, or None at EOF."""
     head = stream.read(4)
     if len(head) < 4:
         return None
@@ -70,10 +83,7 @@ def _recv(stream: IO[bytes]) -> Any:
         raise BackgroundJobError(f"worker frame of {length} bytes is over "
                                  f"worker_frame_bytes_max={limits.worker_frame_bytes_max}")
     payload = stream.read(length)
-    if len(payload) < length:
-        return None
-    # Arrays come back as tuples: memtable versions arrive as entries, ready to sort.
-    return msgpack.unpackb(payload, raw=False, use_list=False)
+    return None if len(payload) < length else payload
 
 
 # --- the parent side ----------------------------------------------------------------------------
@@ -88,6 +98,16 @@ class _Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.cancelled = False
         self._mu = threading.Lock()  # one job at a time
+        self.on_start: Callable[[], None] | None = None  # called as a job starts
+
+    def start(self) -> None:
+        """Start the process now if it is idle and not running (no job is waiting)."""
+        if self._mu.acquire(blocking=False):
+            try:
+                if not self.cancelled:
+                    self._start()
+            finally:
+                self._mu.release()
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self.proc is None:
@@ -95,6 +115,10 @@ class _Worker:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (root, env.get("PYTHONPATH", "")) if p)
+            # A job's big buffers (packed runs, table output) come and go: a fixed mmap
+            # threshold gives them back to the OS when freed, where glibc's sliding one
+            # would move them onto the heap after the first free and let it grow.
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(limits.worker_malloc_mmap_threshold_bytes))
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", MODULE, self.path], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, pass_fds=(self.lock_fd,), env=env)
@@ -110,6 +134,8 @@ class _Worker:
             if self.cancelled:
                 raise BackgroundJobCancelledError("the store is closing")
             proc = self._start()
+            if self.on_start is not None:
+                self.on_start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
                 _send(proc.stdin, header)
@@ -182,6 +208,24 @@ class ProcessRunner:
         self.disk = fallback.disk
         self.failed: str | None = None  # why the store went back to in-process jobs
         self._workers = {role: _Worker(path, lock_fd, role) for role in ("flush", "compact")}
+        # Both workers start with the first job. A child's ru_maxrss (what RUSAGE_CHILDREN
+        # reports) starts at its parent's RSS at fork time, and the store grows (cache,
+        # memtables): a worker forked late would report the store's size, not its own.
+        for worker in self._workers.values():
+            worker.on_start = self._start_all
+
+    def warm(self) -> None:
+        """Start both workers now (called once, when the first memtable is a quarter full):
+        a child's ru_maxrss starts at its parent's RSS at fork time, so a worker forked from
+        a small store reports its own peak, not the store's."""
+        if self.failed is None:
+            self._start_all()
+
+    def _start_all(self) -> None:
+        for worker in self._workers.values():
+            worker.on_start = None
+        for worker in self._workers.values():
+            worker.start()
 
     def flush(self, mem: Memtable, number: int, hook: jobs.Hook) -> TableMeta:
         if self.failed is None and mem.bytes >= self.job_bytes_min:
@@ -248,12 +292,13 @@ class ProcessRunner:
 
 # --- the worker side ----------------------------------------------------------------------------
 
-def _reader(stdin: IO[bytes], inbox: queue.Queue[Any]) -> None:
-    """Forward messages; exit the whole process at EOF: the parent closed or died, and a
-    worker must never go on writing into a store another process may have opened."""
+def _reader(stdin: IO[bytes], inbox: queue.Queue[bytes]) -> None:
+    """Forward messages, still packed (a packed frame is ~1/2.5 of its decoded form); exit
+    the whole process at EOF: the parent closed or died, and a worker must never go on
+    writing into a store another process may have opened."""
     while True:
         try:
-            msg = _recv(stdin)
+            msg = _recv_raw(stdin)
         except BaseException:  # noqa: BLE001 - a broken pipe ends the worker all the same
             msg = None
         if msg is None:
@@ -261,26 +306,24 @@ def _reader(stdin: IO[bytes], inbox: queue.Queue[Any]) -> None:
         inbox.put(msg)
 
 
-def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[Any],
+def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[bytes],
              out: IO[bytes]) -> Any:
     kind = msg[0]
     spec = jobs.TableSpec.from_list(msg[1])
 
     def hook_proxy(name: str) -> None:
         _send(out, ["hook", name])
-        reply = inbox.get()
+        reply = _decode(inbox.get())
         assert reply == ("go",), reply
 
     if kind == "flush":
         number, nchunks, hooks, unique = int(msg[2]), int(msg[3]), bool(msg[4]), msg[5]
-        entries: list[jobs.Entry] = []
-        for _ in range(nchunks):
-            entries += inbox.get()
-        if unique:
-            entries.sort()  # one version per key: tuples order by key alone
-        else:
-            jobs.sort_flush_entries(entries)
-        meta = jobs.build_table(disk, spec, entries, number, hook_proxy if hooks else None)
+        runs = [_sorted_run(_decode(inbox.get()), bool(unique)) for _ in range(nchunks)]
+        count = sum(n for n, _ in runs)
+        entries = _merge_runs([blob for _, blob in runs], bool(unique))
+        del runs
+        meta = jobs.build_table_stream(disk, spec, entries, count, number,
+                                       hook_proxy if hooks else None)
         return meta.to_list()
     if kind == "compact":
         tables = [jobs.meta_from_list(t) for t in msg[2]]
@@ -292,6 +335,23 @@ def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[Any],
     raise BackgroundJobError(f"unknown job kind {kind!r}")
 
 
+def _sorted_run(chunk: Sequence[jobs.Entry], unique: bool) -> tuple[int, bytes]:
+    """One frame of memtable versions, sorted and packed back (entry after entry): packed
+    bytes cost ~1/2.5 of the decoded tuples, so the worker holds a memtable as ~its size."""
+    entries = sorted(chunk) if unique else jobs.sort_flush_entries(list(chunk))
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return len(entries), b"".join(map(pack, entries))
+
+
+def _merge_runs(blobs: list[bytes], unique: bool) -> Iterator[jobs.Entry]:
+    """The entries of the sorted `blobs` in table order, unpacked a little at a time."""
+    its = [msgpack.Unpacker(io.BytesIO(blob), raw=False, use_list=False,
+                            read_size=limits.worker_run_read_bytes) for blob in blobs]
+    blobs.clear()  # the BytesIO objects keep the bytes alive exactly as long as needed
+    # one version per key: tuples order by key alone; else (key asc, seq desc)
+    return heapq.merge(*its) if unique else heapq.merge(*its, key=jobs.flush_order)
+
+
 def main(argv: list[str]) -> int:
     """Worker entry: `python -m keeldb.runtime.real.compactor DIR` (started by the store)."""
     if len(argv) != 1:
@@ -301,11 +361,12 @@ def main(argv: list[str]) -> int:
     disk = RealDisk(argv[0], create=False)
     stdin, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
-    # A job is at most one memtable's frames: bounded by memtable_bytes.
-    inbox: queue.Queue[Any] = queue.Queue()
+    # Bounded: the reader stops reading (and the parent blocks on the pipe) while the job
+    # works through what it has; a flush holds its memtable as packed sorted runs only.
+    inbox: queue.Queue[bytes] = queue.Queue(limits.worker_inbox_frames_max)
     threading.Thread(target=_reader, args=(stdin, inbox), daemon=True).start()
     while True:
-        msg = inbox.get()
+        msg = _decode(inbox.get())
         try:
             result = _run_job(disk, msg, inbox, out)
         except Exception as exc:  # reported; the parent reruns the job in-process

@@ -99,3 +99,17 @@ def test_vectorised_build_sets_the_same_bits_as_the_int_loop(bits: int, count: i
     for h in hashes:
         want[((h >> 32) * nblocks) >> 32] |= mask_a[h & 0xFFF] | mask_b[(h >> 12) & 0xFFF]
     assert built.probe_parts()[0] == want
+
+
+def test_build_from_a_hash_array_equals_build_from_an_int_list() -> None:
+    """TableWriter keeps its key hashes in an array('Q') (8 bytes a key): the filter built
+    from it must be the one built from the same hashes as Python ints."""
+    from array import array
+
+    from xxhash import xxh3_64_intdigest
+
+    hashes = [xxh3_64_intdigest(b"key%d" % i) for i in range(3000)]
+    from_list = BloomFilter.build_from_hashes(hashes, 10, distinct=3000)
+    from_array = BloomFilter.build_from_hashes(array("Q", hashes), 10, distinct=3000)
+    assert from_array.to_bytes() == from_list.to_bytes()
+    assert all(map(from_array.may_contain, (b"key%d" % i for i in range(3000))))

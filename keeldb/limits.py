@@ -116,7 +116,6 @@ raft_outbox_messages_max = 100_000  # messages waiting for ready() (a sign ready
 raft_learner_catchup_entries_max = 64  # a learner this close to the leader's log may be promoted
 raft_election_ticks_min = 2  # election timeout must be more ticks than the heartbeat
 level1_target_bytes_default = 256 * 1024 * 1024  # L1 byte target (RocksDB's default base)
-block_cache_bytes_engine_default = 256 * 1024 * 1024  # decoded blocks; ~1M 116-byte entries
 
 # --- RESP protocol and Redis command layer (area: resp) ------------------------------------
 resp_bulk_bytes_max = value_bytes_max  # one bulk string of a request (a key or a value)
@@ -147,7 +146,7 @@ txn_backoff_ms_min = 1  # first retry waits up to this long (full jitter)
 txn_backoff_ms_max = 1_000  # no retry waits longer than this
 mvcc_gc_step_entries = 1_024  # versions one garbage-collection step examines
 mvcc_gc_every_commits = 256  # a commit runs one GC step after this many commits
-block_cache_bytes_engine_small = 128 * 1024 * 1024  # default: keeps peak RSS at 1M keys < 500 MB
+block_cache_bytes_engine_small = 128 * 1024 * 1024  # default (raw blocks): peak RSS at 1M keys < 500 MB
 
 # --- Raft node (area: raftnode) ------------------------------------------------------------
 raft_node_tick_ms = 10  # one Raft tick of a RaftNode (election timeout = election_ticks of these)

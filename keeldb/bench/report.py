@@ -91,10 +91,11 @@ def markdown(result: dict[str, Any]) -> str:
         rrows.append([e, f"{v['peak_rss_bytes_median'] / 1e6:,.0f}",
                       f"{v['peak_rss_bytes_max'] / 1e6:,.0f}",
                       "–" if h is None else f"{h / 1e6:,.0f}"])
-    lines += ["Peak RSS of each engine (MB): the engine process's `ru_maxrss` from `wait4` plus "
-              "the largest peak of its own worker processes (keeldb's flush/compaction worker; "
-              "`RUSAGE_CHILDREN`), so a sum of two peaks; the harness's own share is the RSS "
-              "before the first database opens:", ""]
+    lines += ["Peak RSS of each engine (MB): the larger of the engine process's `ru_maxrss` "
+              "(from `wait4`) and the largest resident memory of the engine process plus its "
+              "worker processes at one moment (keeldb's flush/compaction workers; sampled every "
+              "20 ms from /proc); the harness's own share is the RSS before the first database "
+              "opens:", ""]
     lines += _table(["engine", "median", "max", "harness"], rrows) + [""]
     st = result.get("keeldb_stats")
     if st:

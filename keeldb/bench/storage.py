@@ -205,10 +205,11 @@ def run_child(spec: ChildSpec, on_event: Callable[[Event], None],
                      + (f": {tail[-1]}" if tail else ""))
     return {
         "engine": spec.engine, "repeat": spec.repeat, "workloads": rows, "error": error,
-        # The engine process's peak plus the peak of its worker processes (a sum of two
-        # peaks: an upper bound of what the engine held at once).
-        "peak_rss_bytes": usage.ru_maxrss * 1024 + (summary.get("children_peak_rss_bytes") or 0),
+        # The engine process's own peak, or the sampled peak of it plus its worker processes
+        # at one moment, whichever is larger (see workloads.TreeRss).
+        "peak_rss_bytes": max(usage.ru_maxrss * 1024, summary.get("tree_peak_rss_bytes") or 0),
         "process_peak_rss_bytes": usage.ru_maxrss * 1024,
+        "tree_peak_rss_bytes": summary.get("tree_peak_rss_bytes"),
         "children_peak_rss_bytes": summary.get("children_peak_rss_bytes"),
         "harness_rss_bytes": summary.get("harness_rss_bytes"),
         "versions": summary.get("versions", {}), "settings": summary.get("settings", {}),

@@ -100,6 +100,59 @@ def rss_bytes() -> int:
         return peak_rss_bytes()
 
 
+TREE_SAMPLE_S = 0.02  # how often the process tree's resident memory is sampled
+
+
+def _status_kib(pid: str, field: bytes) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _children() -> list[str]:
+    out: list[str] = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children", "rb") as f:
+                out += f.read().decode().split()
+    except OSError:
+        pass
+    return out
+
+
+class TreeRss:
+    """Samples the resident memory of this process plus its child processes (keeldb's
+    flush/compaction workers) every TREE_SAMPLE_S and keeps the largest sum: what the engine
+    held at once. (A child's own `ru_maxrss` cannot be used: Linux starts it at the parent's
+    size when the child is created, so it would count the parent twice.) Linux only; elsewhere
+    it reports 0 and the process's own peak stands alone."""
+
+    def __init__(self) -> None:
+        self.peak_kib = 0
+        self.children_peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="tree-rss", daemon=True)
+        if os.path.isdir("/proc/self/task"):
+            self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TREE_SAMPLE_S):
+            self.sample()
+
+    def sample(self) -> None:
+        kids = sum(_status_kib(pid, b"VmRSS:") for pid in _children())
+        self.children_peak_kib = max(self.children_peak_kib, kids)
+        self.peak_kib = max(self.peak_kib, _status_kib("self", b"VmRSS:") + kids)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 def peak_rss_bytes(who: int = resource.RUSAGE_SELF) -> int:
     # ru_maxrss is in KiB on Linux (bytes on macOS, where this slightly over-reports).
     return resource.getrusage(who).ru_maxrss * 1024
@@ -285,6 +338,7 @@ class Child:
     def run(self) -> None:
         selected = set(self.spec.workloads)
         harness_rss = rss_bytes()
+        self.tree = TreeRss()
         for w in ("fillseq", "fillrandom-single", "fillsync"):
             if w in selected:
                 self._fresh_fill(w)
@@ -294,10 +348,11 @@ class Child:
             "event": "done", "engine": self.spec.engine, "repeat": self.spec.repeat,
             "versions": self.versions, "settings": self.settings, "stats": self.stats,
             "harness_rss_bytes": harness_rss, "peak_rss_bytes": peak_rss_bytes(),
-            # The largest peak of the engine's own child processes (keeldb's flush/compaction
-            # worker), reaped by close(): counted on top of the engine process's peak.
-            "children_peak_rss_bytes": peak_rss_bytes(resource.RUSAGE_CHILDREN),
+            # The sampled peak of this process + its worker processes at once (TreeRss).
+            "tree_peak_rss_bytes": self.tree.peak_kib * 1024,
+            "children_peak_rss_bytes": self.tree.children_peak_kib * 1024,
         })
+        self.tree.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _run_base(self, selected: set[str]) -> None:

@@ -75,7 +75,7 @@ def render(result: dict[str, Any], out: Console) -> None:
         r.add_row(w, *cells)
     out.print(r)
 
-    rss = Table(title="peak RSS per engine process (MB, ru_maxrss)")
+    rss = Table(title="peak RSS per engine, its worker processes included (MB)")
     for col in ("engine", "median", "max", "of which harness"):
         rss.add_column(col, justify="right" if col != "engine" else "left")
     for e, v in result["peak_rss"].items():

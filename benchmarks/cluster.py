@@ -7,24 +7,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 
-
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["run"]:
-        from keeldb.cli.main import main as keeldb_main
-
-        return keeldb_main(["bench", "cluster", *argv[1:]])
-    if len(argv) == 2 and argv[0] == "report":
-        from keeldb.bench.cluster import markdown
-
-        sys.stdout.write(markdown(json.loads(Path(argv[1]).read_text())))
-        return 0
-    sys.stderr.write(__doc__ or "")
-    return 2
-
+from keeldb.bench.script import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from keeldb.bench.cluster import markdown
+
+    sys.exit(main(sys.argv[1:], "cluster", markdown, __doc__ or ""))

@@ -684,9 +684,9 @@ class RaftNode(RaftMembership):
             self.stats.snapshots_installed += 1
             self._members_changed()
             conf = rd.snapshot.meta.conf_state
-            known = self.sessions.clients.get(self.id)
+            ours = self.sessions.clients.get(self.id)
             if self.id in conf.learners or (
-                    self.id in conf.voters and (known is None or known[1] == self.lineage)):
+                    self.id in conf.voters and (ours is None or ours[1] == self.lineage)):
                 # A voter only when the book names no other disk of ours: a snapshot taken
                 # before our earlier removal lists us as a voter with that disk's lineage
                 # (REMOVE drops our entry, so after a re-add it is absent or ours).

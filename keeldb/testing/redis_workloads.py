@@ -45,7 +45,13 @@ from keeldb.node import kvtxn
 from keeldb.testing import checkers
 from keeldb.testing.checkers import Violation
 from keeldb.testing.kvstate import BANK_INITIAL
-from keeldb.testing.workloads import BankWorkload, Command, ListAppendWorkload, RegisterWorkload
+from keeldb.testing.workloads import (
+    BankWorkload,
+    Command,
+    ListAppendWorkload,
+    RegisterWorkload,
+    random_txn,
+)
 
 # A plan yields batches, receives their outcomes, and returns (completion type, value).
 Plan = Generator[kv.Batch, kv.Applied, tuple[str, Any]]
@@ -282,15 +288,8 @@ class RedisRwRegister(_Mode):
         self.next_value = 0
 
     def next_op(self, rng: random.Random) -> Command:
-        micro: list[list[Any]] = []
-        for _ in range(rng.randrange(1, self.ops_max + 1)):
-            key = self.keys[rng.randrange(len(self.keys))]
-            if rng.random() < 0.5:
-                micro.append(["r", key, None])
-            else:
-                self.next_value += 1
-                micro.append(["w", key, self.next_value])
-        return ("txn", None, micro)
+        op, self.next_value = random_txn(rng, self.keys, self.ops_max, "w", self.next_value)
+        return op
 
     def plan(self, f: str, key: Any, value: Any) -> Plan:
         assert f == "txn", f

@@ -67,6 +67,21 @@ class RegisterWorkload:
         return found
 
 
+def random_txn(rng: random.Random, keys: list[str], ops_max: int, write_f: str,
+               next_value: int) -> tuple[Command, int]:
+    """A `txn` of 1..ops_max micro-ops, each a read or a `write_f` ("append" or "w") of a
+    unique value (the next after `next_value`) on a random key; returns (op, last value)."""
+    micro: list[list[Any]] = []
+    for _ in range(rng.randrange(1, ops_max + 1)):
+        key = keys[rng.randrange(len(keys))]
+        if rng.random() < 0.5:
+            micro.append(["r", key, None])
+        else:
+            next_value += 1
+            micro.append([write_f, key, next_value])
+    return ("txn", None, micro), next_value
+
+
 class ListAppendWorkload:
     name = "list-append"
 
@@ -77,15 +92,8 @@ class ListAppendWorkload:
         self.next_value = 0
 
     def next_op(self, rng: random.Random) -> Command:
-        micro: list[list[Any]] = []
-        for _ in range(rng.randrange(1, self.ops_max + 1)):
-            key = self.keys[rng.randrange(len(self.keys))]
-            if rng.random() < 0.5:
-                micro.append(["r", key, None])
-            else:
-                self.next_value += 1
-                micro.append(["append", key, self.next_value])
-        return ("txn", None, micro)
+        op, self.next_value = random_txn(rng, self.keys, self.ops_max, "append", self.next_value)
+        return op
 
     def final_ops(self) -> list[Command]:
         return [("txn", None, [["r", k, None]]) for k in self.keys]

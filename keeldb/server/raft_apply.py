@@ -30,7 +30,7 @@ from typing import Any
 
 from keeldb import limits
 from keeldb.codec.resp import ErrorReply
-from keeldb.errors import ConfigError, KeeldbError
+from keeldb.errors import ConfigError, KeeldbError, LimitExceededError
 from keeldb.node import kvstate as kv
 from keeldb.node.effects import ClientRequest, Node, Received, Reply, Tick
 from keeldb.node.raft_kv_sm import RaftKvSM, encode_command, unpack_applied
@@ -93,6 +93,7 @@ class RaftApplyPath:
         self._submitting = False  # inside submit(): replies wait for the next loop turn
         self._observe: dict[str, Callable[[float], None]] = {}  # latency histogram per kind
         addrs = {NodeId(k): v for k, v in peers.items()}
+        self._book: dict[str, str] = {}  # the replicated address book as last seen
         self.transport: Transport = MembershipTransport(
             self.node_id, addrs[self.node_id], addrs, self._on_peer_message,
             seed=f"raft-apply:{node_id}")
@@ -122,14 +123,22 @@ class RaftApplyPath:
     # --- membership (keeldb.server.raft_admin drives these) -----------------------------------
 
     def _on_members(self, book: dict[str, str]) -> None:
-        """The replicated address book changed: dial new members where the book says."""
+        """The replicated address book changed: dial new members where the book says, and
+        forget the ones it dropped (only those it listed before: founders from --peers that
+        never entered the book stay)."""
         from keeldb.server.raft_admin import AdminActionError, parse_addr
+        for peer in sorted(set(self._book) - set(book)):
+            if peer != self.node_id and self.transport.remove_peer(NodeId(peer)):
+                log.info("%s: peer %s left the cluster", self.node_id, peer)
+        self._book = dict(book)
         for peer, text in sorted(book.items()):
             try:
                 self.transport_add_peer(NodeId(peer), parse_addr(text))
             except AdminActionError:
                 log.error("%s: member %s has a bad address %r in the book", self.node_id,
                           peer, text)
+            except LimitExceededError as exc:
+                log.error("%s: cannot dial member %s: %s", self.node_id, peer, exc)
 
     def transport_add_peer(self, peer: NodeId, addr: Address) -> None:
         assert isinstance(self.transport, MembershipTransport)

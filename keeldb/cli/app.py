@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 import typer
@@ -61,6 +61,16 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def show_bench_result(result: dict[str, Any], out_path: Any, json_out: bool,
+                      render: Callable[[dict[str, Any], Console], None]) -> None:
+    """A benchmark's result, already written to `out_path`: as JSON on stdout, or as tables."""
+    if json_out:
+        print_json(result)
+    else:
+        render(result, console)
+        console.print(f"wrote {out_path}")
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:

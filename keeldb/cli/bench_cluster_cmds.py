@@ -13,8 +13,7 @@ from rich.table import Table
 
 from keeldb import limits
 from keeldb.bench import cluster as bench
-from keeldb.cli.app import bench_app, console, err_console
-from keeldb.cli.app import print_json as _print_json
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result
 from keeldb.errors import BenchmarkFailedError, UsageError
 
 
@@ -123,11 +122,7 @@ def cluster(
     result = bench.run(config, on_event)
     out_path = out or bench.default_out_path()
     bench.write_result(result, out_path)
-    if json_out:
-        _print_json(result)
-    else:
-        render(result, console)
-        console.print(f"wrote {out_path}")
+    show_bench_result(result, out_path, json_out, render)
     failed = [s for s, r in result["results"].items() if r["error"]]
     if failed:
         raise BenchmarkFailedError(f"{', '.join(failed)} failed (see 'error' in {out_path}); "

@@ -16,8 +16,7 @@ from rich.table import Table
 from keeldb.bench import storage as bench
 from keeldb.bench.engines import available
 from keeldb.bench.workloads import WORKLOADS
-from keeldb.cli.app import bench_app, console, err_console
-from keeldb.cli.app import print_json as _print_json
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result
 from keeldb.errors import BenchmarkFailedError, UsageError
 
 
@@ -157,11 +156,7 @@ def storage(
 
         result = bench.run(config, on_event)
     bench.write_result(result, out_path)
-    if json_out:
-        _print_json(result)
-    else:
-        render(result, console)
-        console.print(f"wrote {out_path}")
+    show_bench_result(result, out_path, json_out, render)
     failed = [r for r in result["runs"] if r["error"]]
     if failed:
         raise BenchmarkFailedError(

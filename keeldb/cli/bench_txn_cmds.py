@@ -27,8 +27,7 @@ from rich.table import Table
 
 from keeldb.bench import txn as bench
 from keeldb.bench.txn_pg import Unavailable
-from keeldb.cli.app import bench_app, console, err_console
-from keeldb.cli.app import print_json as _print_json
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result
 from keeldb.cli.cluster_cmds import HOST, NodePlan, admin_status, plan_cluster, spawn, stop_pid
 from keeldb.cli.cluster_cmds import wait_ready as wait_node_ready
 from keeldb.errors import BenchmarkFailedError, KeeldbError, UsageError
@@ -221,11 +220,7 @@ def txn(
     result = bench.run(config, factories, on_event)
     out_path = out or bench.default_out_path()
     bench.write_result(result, out_path)
-    if json_out:
-        _print_json(result)
-    else:
-        render(result, console)
-        console.print(f"wrote {out_path}")
+    show_bench_result(result, out_path, json_out, render)
     failed = [p for p in result["results"] if p["error"]]
     if failed:
         raise BenchmarkFailedError(

@@ -32,7 +32,7 @@ from keeldb.testing.raft_kv import SimRaftKvNode
 from keeldb.testing.raft_redis import SimRedisNode
 from keeldb.testing.redis_workloads import REDIS_WORKLOADS
 from keeldb.testing.register_service import RegisterNode
-from keeldb.testing.workloads import WORKLOADS, Workload, make_workload
+from keeldb.testing.workloads import WORKLOADS, Command, Workload, make_workload
 from keeldb.types import NodeId
 
 CLIENT_TIMEOUT_NS = 100 * MS
@@ -236,16 +236,23 @@ class SimCluster:
             self.clients.append(c)
             self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
 
-    def _issue(self, c: _Client) -> None:
+    def _next_command(self, c: Any, workload: Any) -> Command | None:
+        """The client's next operation: its pending final read, a workload op while the
+        safety phase lasts, else None (and the client is done)."""
         if c.done:
-            return
+            return None
         if c.final is not None:
-            f, key, value = c.final
-        elif self.phase == "safety":
-            f, key, value = self.workload.next_op(c.rng)
-        else:
-            c.done = True
+            return c.final  # type: ignore[no-any-return]
+        if self.phase == "safety":
+            return workload.next_op(c.rng)  # type: ignore[no-any-return]
+        c.done = True
+        return None
+
+    def _issue(self, c: _Client) -> None:
+        command = self._next_command(c, self.workload)
+        if command is None:
             return
+        f, key, value = command
         now = self.world.now
         self.recorder.invoke(c.process, f, key, value, now)
         c.token += 1

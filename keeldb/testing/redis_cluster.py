@@ -81,15 +81,10 @@ class RedisSimCluster(SimCluster):
 
     def _issue(self, c: Any) -> None:
         assert isinstance(c, _RedisClient), c
-        if c.done:
+        command = self._next_command(c, self.redis_workload)
+        if command is None:
             return
-        if c.final is not None:
-            f, key, value = c.final
-        elif self.phase == "safety":
-            f, key, value = self.redis_workload.next_op(c.rng)
-        else:
-            c.done = True
-            return
+        f, key, value = command
         self.recorder.invoke(c.process, f, key, value, self.world.now)
         c.plan = self.redis_workload.plan(f, key, value)
         c.maybe_applied = False

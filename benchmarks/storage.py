@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from keeldb.bench.script import main
+from keeldb.cli.bench_script import main
 
 if __name__ == "__main__":
     from keeldb.bench.report import markdown

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from keeldb.errors import UsageError
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -61,6 +63,19 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def split_choices(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """A comma-separated option ("" or "all" = every choice), deduplicated in order; an unknown
+    name is a UsageError listing the choices."""
+    if text.strip() in ("", "all"):
+        return allowed
+    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    unknown = [x for x in names if x not in allowed]
+    if unknown:
+        raise UsageError(f"unknown {what} {', '.join(unknown)}; "
+                         f"choose from {', '.join(allowed)} or 'all'")
+    return names
 
 
 def show_bench_result(result: dict[str, Any], out_path: Any, json_out: bool,

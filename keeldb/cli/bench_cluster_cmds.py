@@ -13,19 +13,8 @@ from rich.table import Table
 
 from keeldb import limits
 from keeldb.bench import cluster as bench
-from keeldb.cli.app import bench_app, console, err_console, show_bench_result
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result, split_choices
 from keeldb.errors import BenchmarkFailedError, UsageError
-
-
-def _systems(text: str) -> tuple[str, ...]:
-    if text.strip() in ("", "all"):
-        return bench.SYSTEMS
-    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
-    unknown = [x for x in names if x not in bench.SYSTEMS]
-    if unknown:
-        raise UsageError(f"unknown system {', '.join(unknown)}; choose from "
-                         f"{', '.join(bench.SYSTEMS)} or 'all'")
-    return names
 
 
 def _concurrencies(text: str) -> tuple[int, ...]:
@@ -103,7 +92,7 @@ def cluster(
     if seconds <= 0 or warmup < 0 or not 1 <= value_bytes <= 1 << 20:
         raise UsageError(f"--seconds ({seconds}) must be > 0, --warmup ({warmup}) >= 0 and "
                          f"--value-bytes ({value_bytes}) 1..1048576")
-    config = bench.RunConfig(systems=_systems(systems), concurrencies=_concurrencies(concurrency),
+    config = bench.RunConfig(systems=split_choices(systems, bench.SYSTEMS, "system"), concurrencies=_concurrencies(concurrency),
                              seconds=seconds, warmup_s=warmup, value_bytes=value_bytes,
                              dir=db_dir, use_uvloop=not no_uvloop,
                              command="keeldb " + shlex.join(sys.argv[1:]))

@@ -16,19 +16,8 @@ from rich.table import Table
 from keeldb.bench import storage as bench
 from keeldb.bench.engines import available
 from keeldb.bench.workloads import WORKLOADS
-from keeldb.cli.app import bench_app, console, err_console, show_bench_result
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result, split_choices
 from keeldb.errors import BenchmarkFailedError, UsageError
-
-
-def _split(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    if text.strip() in ("", "all"):
-        return allowed
-    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
-    unknown = [x for x in names if x not in allowed]
-    if unknown:
-        raise UsageError(f"unknown {what} {', '.join(unknown)}; "
-                         f"choose from {', '.join(allowed)}")
-    return names
 
 
 def _fmt_ops(cell: dict[str, Any] | None) -> str:
@@ -127,8 +116,8 @@ def storage(
                                   help="Seconds before one engine process is killed."),
 ) -> None:
     """db_bench-style storage benchmark: keeldb-lsm vs rocksdict, lmdb and sqlite3."""
-    eng = _split(engines, tuple(bench.ENGINES), "engine")
-    wl = _split(workloads, WORKLOADS, "workload")
+    eng = split_choices(engines, tuple(bench.ENGINES), "engine")
+    wl = split_choices(workloads, WORKLOADS, "workload")
     if n < 1 or repeats < 1 or timeout <= 0:
         raise UsageError(f"--n ({n}), --repeats ({repeats}) and --timeout ({timeout}) must "
                          "be positive; pass e.g. --n 1000000 --repeats 3")

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from keeldb.bench import txn as bench
 from keeldb.bench.txn_pg import Unavailable
-from keeldb.cli.app import bench_app, console, err_console, show_bench_result
+from keeldb.cli.app import bench_app, console, err_console, show_bench_result, split_choices
 from keeldb.cli.cluster_cmds import HOST, NodePlan, admin_status, plan_cluster, spawn, stop_pid
 from keeldb.cli.cluster_cmds import wait_ready as wait_node_ready
 from keeldb.errors import BenchmarkFailedError, KeeldbError, UsageError
@@ -35,17 +35,6 @@ from keeldb.errors import BenchmarkFailedError, KeeldbError, UsageError
 CLUSTER_NODES = 3
 LEADER_TIMEOUT_S = 30.0
 POLL_S = 0.1
-
-
-def _split(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
-    if text.strip() in ("", "all"):
-        return allowed
-    names = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
-    unknown = [x for x in names if x not in allowed]
-    if unknown:
-        raise UsageError(f"unknown {what} {', '.join(unknown)}; "
-                         f"choose from {', '.join(allowed)}")
-    return names
 
 
 # --- the 3-node cluster ---------------------------------------------------------------------
@@ -195,9 +184,9 @@ def txn(
     if seconds is not None and txns is not None:
         raise UsageError("pass --seconds or --txns, not both")
     config = bench.RunConfig(
-        systems=_split(systems, bench.SYSTEMS, "system"),
-        levels=_split(levels, bench.LEVELS, "level"),
-        contentions=_split(contention, bench.CONTENTIONS, "contention"),
+        systems=split_choices(systems, bench.SYSTEMS, "system"),
+        levels=split_choices(levels, bench.LEVELS, "level"),
+        contentions=split_choices(contention, bench.CONTENTIONS, "contention"),
         clients=clients, seconds=None if txns is not None else (seconds or
                                                                 bench.SECONDS_DEFAULT),
         txns=txns, keys=keys, hot_keys=hot_keys, key_order=key_order, seed=seed, dir=db_dir,

@@ -355,6 +355,8 @@ class DB:
                                          self.engine.runner, opts.memtable_bytes)
             self.engine.runner = self._runner
         self._slowdown_files = opts.l0_slowdown_files
+        # The engine's single-op write (None: the engine has none, puts go as batches of one).
+        self._write_one_fast: Any = self.engine.write_one if self._lsm else None
         self.get = self.engine.get  # type: ignore[method-assign]
         self._stop = False
         self._idle_seq = -1  # last_seq seen by the idle check, and since when
@@ -377,14 +379,31 @@ class DB:
             value = check_value(value)
         if not key[0] and key.startswith(_RESERVED):
             _refuse_reserved(key)
-        self._write([(KIND_PUT, key, value)], len(key) + len(value))
+        nbytes = len(key) + len(value)
+        # `_write_one`, inline: the fast path of a single put costs one Python call fewer.
+        if not self._queue and self._write_one_fast is not None and \
+                self._wal_lock.acquire(False):
+            try:
+                version = self.engine._version
+                if not version.imms and len(version.l0) < self._slowdown_files:
+                    self._write_one_fast(KIND_PUT, key, value, nbytes, self._sync_always)
+                    if self._sync_batch:
+                        self._unsynced += nbytes
+                        if self._unsynced >= self._sync_bytes:
+                            self._sync_locked()
+                    if self.engine._version is not self._seen_version:
+                        self._kick_background()
+                    return
+            finally:
+                self._wal_lock.release()
+        self._write([(KIND_PUT, key, value)], nbytes)
 
     def delete(self, key: bytes) -> None:
         if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:
             key = check_key(key)
         if key.startswith(_RESERVED):
             _refuse_reserved(key)
-        self._write([(KIND_DELETE, key, b"")], len(key))
+        self._write_one(KIND_DELETE, key, b"", len(key))
 
     def write(self, ops: list[tuple[int, bytes, bytes]]) -> int:
         """Apply raw `(kind, key, value)` ops atomically; returns the batch's seq.
@@ -398,6 +417,27 @@ class DB:
     def write_batch(self) -> WriteBatch:
         self._check_open()
         return WriteBatch(self)
+
+    def _write_one(self, kind: int, key: bytes, value: bytes, user_bytes: int) -> int:
+        """One checked op (`put`, `delete`): when nobody else is writing and no stall is
+        near, straight into the engine's single-op path; otherwise a batch of one."""
+        if not self._queue and self._write_one_fast is not None and \
+                self._wal_lock.acquire(False):
+            try:
+                version = self.engine._version  # (the attribute: no property call per write)
+                if not version.imms and len(version.l0) < self._slowdown_files:
+                    seq: int = self._write_one_fast(kind, key, value, user_bytes,
+                                                    self._sync_always)
+                    if self._sync_batch:
+                        self._unsynced += user_bytes
+                        if self._unsynced >= self._sync_bytes:
+                            self._sync_locked()
+                    if self.engine._version is not self._seen_version:
+                        self._kick_background()
+                    return seq
+            finally:
+                self._wal_lock.release()
+        return self._write([(kind, key, value)], user_bytes)
 
     def _write(self, ops: list[Op], user_bytes: int) -> int:
         """Group commit: join the queue; the writer at its head leads a group."""

@@ -231,3 +231,18 @@ worker_inbox_frames_max = 4
 worker_run_read_bytes = 64 * 1024
 # glibc malloc: allocations of at least this size in the worker are mmapped (freed to the OS).
 worker_malloc_mmap_threshold_bytes = 256 * 1024
+
+# --- cluster request/apply path (area: cserver) ---------------------------------------------
+# Batches applied in one group (a server's apply group, or the entries a Raft node applies in
+# one loop turn) become one engine write; the group's deferred ops are written early when
+# they would pass either bound (each write still holds whole batches).
+kv_apply_group_ops_max = 20_000
+kv_apply_group_bytes_max = 16 * 1024 * 1024
+assert kv_apply_group_ops_max <= batch_ops_max and kv_apply_group_bytes_max <= batch_bytes_max
+# Batches a Raft server remembers between proposing them and applying them (so the proposer
+# does not decode its own commands); the oldest is forgotten past this (and then decoded).
+kv_proposed_batches_max = 4096
+
+# --- storage write path, round 3 (area: storage write) -----------------------------------------
+# Entries the flush worker decodes from each sorted run per merge round (bounded: runs x this).
+worker_merge_run_entries = 2048

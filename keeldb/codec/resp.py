@@ -102,6 +102,7 @@ class _NullArray:
 
 NULL_ARRAY = _NullArray()
 OK = SimpleString("OK")
+_OK_REPLY = b"+OK\r\n"
 QUEUED = SimpleString("QUEUED")
 
 Reply = Any
@@ -130,6 +131,11 @@ def format_double(value: float) -> bytes:
 def encode_reply(value: Reply, proto: int = 2) -> bytes:
     """Encode one reply for protocol version 2 or 3."""
     assert proto in (2, 3), f"protocol version {proto} is neither 2 nor 3"
+    cls = type(value)  # the common replies first, without building a list
+    if cls is SimpleString and value.text == "OK":  # type: ignore[union-attr]
+        return _OK_REPLY
+    if cls is bytes:
+        return b"$%d\r\n%s\r\n" % (len(value), value)  # type: ignore[arg-type]
     out: list[bytes] = []
     _encode(value, proto, out, 0)
     return b"".join(out)

@@ -74,6 +74,14 @@ class Progress:
         self.snapshot: Snapshot | None = None  # SNAPSHOT: the image being sent
         self.snap_acked = 0  # SNAPSHOT: data bytes the follower confirmed
         self.inflights = Inflights(max_msgs, max_bytes)
+        # The first index of an entry this follower forwarded (a proposal of its client)
+        # whose commit it was not told yet (0: none): the leader tells it at once, see
+        # Raft._bcast_commit. `forwarded_last` is the newest such index.
+        self.forwarded_first = 0
+        self.forwarded_last = 0
+        # For skipping the periodic heartbeat to a follower that streams (Raft._bcast_heartbeat):
+        self.acked_since_beat = False  # it acknowledged an append since the last beat
+        self.beat_tick = -(1 << 62)  # leader's tick at the last periodic heartbeat to it
 
     def __repr__(self) -> str:
         return (f"Progress({self.state.value} match={self.match} next={self.next}"

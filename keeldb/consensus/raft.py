@@ -54,6 +54,9 @@ _VOTE_RESP = {MsgType.VOTE: MsgType.VOTE_RESP, MsgType.PRE_VOTE: MsgType.PRE_VOT
 # Context of an APP_RESP reject a follower sends on a heartbeat whose commit index is past
 # its last entry: it lost entries it had acknowledged (a wiped disk).
 LOST_ENTRIES = b"lost"
+# Context of an empty APP that only carries the commit index to a follower known to match
+# (see _bcast_commit): accepted, it needs no APP_RESP.
+NO_REPLY = b"commit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +208,10 @@ class Raft:
 
     def has_ready(self) -> bool:
         u = self.log.unstable
+        phs = self.persisted_hs
         return bool(self.msgs or self.read_states or u.entries or u.snapshot is not None
-                    or self._hard_state() != self.persisted_hs
+                    or self.term != phs.term or self.vote != phs.vote
+                    or self.log.committed != phs.commit
                     or self.log.has_next_committed_entries())
 
     def ready(self) -> Ready:
@@ -262,7 +267,7 @@ class Raft:
             # The leader counts itself only for entries it has made durable.
             stable = min(self.log.unstable.offset - 1, self.log.last_index())
             if self.prs[self.id].maybe_update(stable) and self._maybe_commit():
-                self._bcast_append()
+                self._bcast_commit()
 
     # --- sending --------------------------------------------------------------------------
 
@@ -282,7 +287,11 @@ class Raft:
             m = replace(m, frm=self.id, term=term)
         self.msgs.append(m)
 
-    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: NodeId, send_if_empty: bool = True,
+                     context: bytes = b"") -> bool:
+        """Send `to` the entries from its `next` (or an empty append carrying the commit
+        index). `context` NO_REPLY marks a commit notice: a follower that accepts it without
+        new entries sends no ack (the leader learns nothing from one)."""
         pr = self.prs[to]
         if pr.is_paused():
             return False
@@ -295,7 +304,9 @@ class Raft:
             return False
         self._send(Message(MsgType.APP, to=to, frm=self.id, term=self.term,
                            index=pr.next - 1, log_term=prev_term,
-                           entries=tuple(ents), commit=self.log.committed))
+                           entries=tuple(ents), commit=self.log.committed,
+                           context=context if not ents and pr.state == ProgressState.REPLICATE
+                           else b""))
         pr.sent_entries(ents[-1].index if ents else None, sum(e.size() for e in ents))
         return True
 
@@ -316,11 +327,46 @@ class Raft:
             if i != self.id:
                 self._send_append(i)
 
-    def _bcast_heartbeat(self, context: bytes = b"") -> None:
+    def _bcast_commit(self) -> None:
+        """The commit index advanced: send each follower what it needs now, not an empty
+        append each (that is two messages and an ack per follower per commit; at one
+        client, half of all traffic). A follower gets entries it has not been sent (they
+        carry the commit index), or an empty append when it waits for the commit of an
+        entry it forwarded (its client waits for the apply). Any other follower learns the
+        commit from the next append or heartbeat: its apply lags by at most one heartbeat
+        interval, and a read it serves asks the leader first (the ReadIndex round sends a
+        heartbeat carrying the commit)."""
+        committed = self.log.committed
+        last = self.log.last_index()
         for i in sorted(self.prs):
             if i == self.id:
                 continue
             pr = self.prs[i]
+            if pr.forwarded_first and pr.forwarded_first <= committed:
+                if self._send_append(i, context=NO_REPLY):
+                    pr.forwarded_first = committed + 1 if pr.forwarded_last > committed else 0
+            elif pr.next <= last:
+                self._send_append(i, send_if_empty=False)
+
+    def _bcast_heartbeat(self, context: bytes = b"", beat: bool = False) -> None:
+        """Heartbeats to every follower. On the periodic `beat`, a follower that streams
+        is skipped: it acknowledged an append since the last beat, so it is alive, its
+        election timer was reset, and the next append (or the next beat, once appends stop)
+        carries the commit index: its apply lags by at most two beats. Not with lease reads
+        (the lease is dated by heartbeat answers) or a read waiting for its round, and never
+        for half an election timeout in a row (a bound that needs no other argument)."""
+        skip_streaming = beat and not context and not self.cfg.lease_reads
+        skip_ticks = max(1, self.cfg.election_ticks // 2)
+        for i in sorted(self.prs):
+            if i == self.id:
+                continue
+            pr = self.prs[i]
+            if beat:
+                acked, pr.acked_since_beat = pr.acked_since_beat, False
+                if (skip_streaming and acked and pr.state == ProgressState.REPLICATE
+                        and self.ticks - pr.beat_tick < skip_ticks):
+                    continue
+                pr.beat_tick = self.ticks
             # index: our tick when sent; echoed back, it dates the follower's promise not
             # to vote for anyone else for an election timeout (the lease).
             self._send(Message(MsgType.HEARTBEAT, to=i, frm=self.id, term=self.term,
@@ -593,8 +639,9 @@ class Raft:
             return
         last = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last is not None:
-            self._send(Message(MsgType.APP_RESP, to=m.frm, frm=self.id, term=self.term,
-                               index=last))
+            if not (m.context == NO_REPLY and not m.entries):
+                self._send(Message(MsgType.APP_RESP, to=m.frm, frm=self.id, term=self.term,
+                                   index=last))
             return
         hint, hint_term = self.log.find_conflict_by_term(
             min(m.index, self.log.last_index()), m.log_term)
@@ -606,7 +653,7 @@ class Raft:
     def _step_leader(self, m: Message) -> None:
         t = m.type
         if t == MsgType.BEAT:
-            self._bcast_heartbeat(self.readonly.last_pending_context() or b"")
+            self._bcast_heartbeat(self.readonly.last_pending_context() or b"", beat=True)
         elif t == MsgType.CHECK_QUORUM:
             active = [i for i, p in self.prs.items() if i == self.id or p.recent_active]
             if not has_quorum(self.conf.voters, active):
@@ -666,7 +713,12 @@ class Raft:
                     return None
                 self.pending_conf_index = self.log.last_index() + 1
         self.uncommitted_bytes += size
+        first = self.log.last_index() + 1
         self._append(list(m.entries))
+        fwd = self.prs.get(m.frm) if m.frm != self.id else None
+        if fwd is not None:
+            fwd.forwarded_first = fwd.forwarded_first or first
+            fwd.forwarded_last = self.log.last_index()
         self._bcast_append()
         return None
 
@@ -708,6 +760,7 @@ class Raft:
                 self._send_append(m.frm)
             return
         was_paused = pr.is_paused()
+        pr.acked_since_beat = True
         if not pr.maybe_update(m.index):
             return
         if pr.state == ProgressState.PROBE:
@@ -718,7 +771,7 @@ class Raft:
         elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._send_append(m.frm)
         while self._send_append(m.frm, send_if_empty=False):

@@ -151,4 +151,6 @@ class MemoryStorage:
         assert first <= self.last_index() + 1, f"gap: append at {first}, last {self.last_index()}"
         for a, b in zip(entries, entries[1:], strict=False):
             assert b.index == a.index + 1, f"entries not contiguous: {a.index}, {b.index}"
-        self._ents = self._ents[:first - off] + list(entries)
+        # In place: a copy of the whole list per append costs O(log length) per write.
+        del self._ents[first - off:]
+        self._ents.extend(entries)

@@ -10,7 +10,9 @@ the client decodes them.
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import msgpack
@@ -209,7 +211,10 @@ class Batch:
 
     @property
     def read_only(self) -> bool:
-        return all(isinstance(r, READ_ONLY) for r in self.requests)
+        requests = self.requests
+        if len(requests) == 1:  # the common case, without a generator
+            return isinstance(requests[0], READ_ONLY)
+        return all(isinstance(r, READ_ONLY) for r in requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,48 +235,75 @@ def is_read_only(request: Request) -> bool:
 # --- log entry encoding ----------------------------------------------------------------------
 
 
+def _field_getter(cls: type) -> Callable[[Any], tuple[Any, ...]]:
+    """A C-speed getter of a request's fields as a tuple (what astuple gives for these flat
+    classes, without its recursive deep copy: ~8% of a leader's CPU per SET before)."""
+    names = tuple(f.name for f in fields(cls))
+    if not names:
+        return lambda r: ()
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda r: (one(r),)
+    return attrgetter(*names)
+
+
+_GETTERS: dict[type, Callable[[Any], tuple[Any, ...]]] = {
+    cls: _field_getter(cls) for cls in _TAGS}
+
+
 def _encode_request(r: Request) -> list[Any]:
-    if isinstance(r, TxnStep):
+    cls = type(r)
+    if cls is TxnStep:
+        assert isinstance(r, TxnStep)
         return [_TAGS[TxnStep], r.start, r.started_ms, r.isolation, [list(w) for w in r.overlay],
                 _encode_request(r.request)]
-    if isinstance(r, TxnCommit):
+    if cls is TxnCommit:
+        assert isinstance(r, TxnCommit)
         return [_TAGS[TxnCommit], r.start, r.started_ms, r.isolation,
                 [list(w) for w in r.writes], [list(t) for t in r.reads],
                 [list(g) for g in r.ranges]]
-    return [_TAGS[type(r)], *astuple(r)]
+    return [_TAGS[cls], *_GETTERS[cls](r)]
 
 
-def _decode_request(item: list[Any]) -> Request:
-    tag, *fields = item
+def _decode_request(item: list[Any] | tuple[Any, ...]) -> Request:
+    tag, *fields_ = item
     cls = _CLASSES[tag]
     if cls is TxnStep:
-        start, started, iso, overlay, inner = fields
+        start, started, iso, overlay, inner = fields_
         return TxnStep(start, started, iso, tuple((k, p, e) for k, p, e in overlay),
                        _decode_request(inner))
     if cls is TxnCommit:
-        start, started, iso, writes, reads, ranges = fields
+        start, started, iso, writes, reads, ranges = fields_
         return TxnCommit(start, started, iso, tuple((k, p, e) for k, p, e in writes),
                          tuple((k, v, bool(lv)) for k, v, lv in reads),
                          tuple((lo, hi) for lo, hi in ranges))
-    request: Request = cls(*[tuple(f) if isinstance(f, list) else f for f in fields])
+    request: Request = cls(*[tuple(f) if isinstance(f, list) else f for f in fields_])
     return request
+
+
+def batch_to_plain(batch: Batch) -> list[Any]:
+    """A batch as msgpack-ready data (`batch_from_plain` reverses it); `encode_batch` packs
+    it alone, a Raft command packs it inside its own array (one pack per entry, not two)."""
+    reqs = [_encode_request(r) for r in batch.requests]
+    watches = [[w.key, w.version, w.live] for w in batch.watches] if batch.watches else []
+    return [1, reqs, watches, list(batch.session) if batch.session else None]
+
+
+def batch_from_plain(plain: list[Any] | tuple[Any, ...]) -> Batch:
+    fmt, reqs, watches, session = plain
+    assert fmt == 1, f"batch format {fmt} is unknown to this build"
+    return Batch(tuple([_decode_request(item) for item in reqs]),
+                 tuple([WatchToken(k, v, lv) for k, v, lv in watches]) if watches else (),
+                 (session[0], session[1]) if session else None)
 
 
 def encode_batch(batch: Batch) -> bytes:
     """A batch as msgpack bytes for a log entry (decode with `decode_batch`)."""
-    reqs = [_encode_request(r) for r in batch.requests]
-    watches = [[w.key, w.version, w.live] for w in batch.watches]
-    return msgpack.packb([1, reqs, watches, list(batch.session) if batch.session else None],
-                         use_bin_type=True)
+    return msgpack.packb(batch_to_plain(batch), use_bin_type=True)
 
 
 def decode_batch(data: bytes) -> Batch:
-    fmt, reqs, watches, session = msgpack.unpackb(data, raw=False, use_list=True)
-    assert fmt == 1, f"batch format {fmt} is unknown to this build"
-    requests = [_decode_request(item) for item in reqs]
-    return Batch(tuple(requests), tuple(WatchToken(k, v, lv) for k, v, lv in watches),
-                 (session[0], session[1]) if session else None)
-
+    return batch_from_plain(msgpack.unpackb(data, raw=False, use_list=True))
 
 
 # --- SCAN cursors ----------------------------------------------------------------------------

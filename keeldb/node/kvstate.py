@@ -15,7 +15,11 @@ Engine layout (every key starts with a one-byte space tag, so user keys never me
     b"m"             metadata: msgpack {"version", "applied", "floor", "count", "sweep"}
 
 Every applied batch is one engine write (data, tombstones, sessions and metadata together),
-so a crash never separates a value from its version or a reply from its dedup entry.
+so a crash never separates a value from its version or a reply from its dedup entry. Between
+`begin_group` and `end_group` the writes of several batches are deferred and become ONE engine
+write (a server's apply group, a Raft node's entries of one loop turn): reads see the deferred
+writes, and every engine write still holds whole batches, so the store is always the state after
+some applied batch.
 
 Versions. `version` counts applied batches; a write stamps its key with it. WATCH records a
 token (version, live) per key, and EXEC conflicts when a token changed: a write, a delete, or
@@ -93,6 +97,8 @@ from keeldb.node.kvrequests import (  # noqa: F401  (re-exported: kvstate.Get, .
     TxnWrite,
     Watch,
     WatchToken,
+    batch_from_plain,
+    batch_to_plain,
     decode_batch,
     decode_cursor,
     encode_batch,
@@ -149,7 +155,7 @@ def unpack_reply(data: Any) -> Reply:
         return data
     tag = data[0]
     if tag == "+":
-        return SimpleString(data[1])
+        return OK if data[1] == "OK" else SimpleString(data[1])
     if tag == "-":
         return ErrorReply(data[1])
     if tag == "*":
@@ -225,7 +231,7 @@ class _Ctx:
         elif key in self.cache:
             raw = self.cache[key]
         else:
-            raw = self.cache[key] = self.sm.engine.get(_DATA + key)
+            raw = self.cache[key] = self.sm.store_get(_DATA + key)
         return None if raw is None else decode_value(raw)
 
     def live(self, key: bytes) -> tuple[bytes, int, int] | None:
@@ -263,8 +269,8 @@ class _Ctx:
 
     def scan(self, start: bytes, limit: int) -> list[tuple[bytes, bytes, int, int]]:
         """Up to `limit` records (expired ones too) with key >= start: (key, payload, v, exp)."""
-        engine_rows = self.sm.engine.scan(_DATA + start, _DATA[:-1] + bytes([_DATA[-1] + 1]),
-                                          limit=limit + len(self.overlay))
+        engine_rows = self.sm.store_scan(_DATA + start, _DATA[:-1] + bytes([_DATA[-1] + 1]),
+                                         limit=limit + len(self.overlay))
         merged: dict[bytes, bytes | None] = {k[1:]: v for k, v in engine_rows}
         merged.update((k, v) for k, v in self.overlay.items() if k >= start)
         out = []
@@ -284,7 +290,95 @@ class KvStateMachine:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Deferred engine ops of the group in progress (engine key -> (kind, value)); None =
+        # not grouping: every batch is written at once.
+        self._pending: dict[bytes, tuple[int, bytes]] | None = None
+        self._pending_bytes = 0
+        self._pending_meta: dict[str, Any] | None = None  # packed once, when the group writes
+        self.group_lost = False  # a write of this group failed: its batches did not apply
         self._load()
+
+    # --- grouped writes ---------------------------------------------------------------------
+
+    @property
+    def grouping(self) -> bool:
+        return self._pending is not None
+
+    def begin_group(self) -> None:
+        """Defer engine writes until `end_group` (see the module docstring)."""
+        assert self._pending is None, "begin_group inside a group"
+        self._pending, self._pending_bytes, self.group_lost = {}, 0, False
+
+    def end_group(self) -> None:
+        """Write the group's deferred ops as one engine write and stop deferring. If that
+        write fails, memory goes back to what the engine holds (`group_lost`) and it raises."""
+        assert self._pending is not None, "end_group without begin_group"
+        try:
+            self._flush_pending()
+        finally:
+            self._pending = None
+
+    def _flush_pending(self) -> None:
+        pending, meta = self._pending, self._pending_meta
+        if not pending and meta is None:
+            return
+        ops = [(kind, key, value) for key, (kind, value) in pending.items()] if pending else []
+        if meta is not None:
+            ops.append((KIND_PUT, _META, msgpack.packb(meta, use_bin_type=True)))
+        self._pending, self._pending_bytes, self._pending_meta = {}, 0, None
+        try:
+            self.engine.write(ops)
+        except BaseException:
+            self._revert()
+            raise
+
+    def _revert(self) -> None:
+        """A write failed: drop what is deferred and reload memory from the engine."""
+        if self._pending is not None:
+            self._pending, self._pending_bytes, self.group_lost = {}, 0, True
+        self._pending_meta = None
+        self._load()
+
+    def _store_write(self, ops: list[tuple[int, bytes, bytes]]) -> None:
+        """One batch's ops: written now, or deferred when grouping."""
+        pending = self._pending
+        if pending is None:
+            self.engine.write(ops)
+            return
+        size = sum(len(k) + len(v) for _, k, v in ops)
+        if (len(pending) + len(ops) > limits.kv_apply_group_ops_max
+                or self._pending_bytes + size > limits.kv_apply_group_bytes_max):
+            self._flush_pending()  # the earlier batches, whole
+            pending = self._pending
+            assert pending is not None
+        for kind, key, value in ops:
+            pending[key] = (kind, value)
+        self._pending_bytes += size
+
+    def store_get(self, key: bytes) -> bytes | None:
+        """The engine's value of `key`, deferred writes included."""
+        pending = self._pending
+        if pending:
+            hit = pending.get(key)
+            if hit is not None:
+                return None if hit[0] == KIND_DELETE else hit[1]
+        return self.engine.get(key)
+
+    def store_scan(self, start: bytes, end: bytes, *, limit: int) -> list[tuple[bytes, bytes]]:
+        """Up to `limit` engine pairs with start <= key < end, deferred writes included."""
+        pending = self._pending
+        extra = [(k, op) for k, op in pending.items() if start <= k < end] if pending else []
+        if not extra:
+            return list(self.engine.scan(start, end, limit=limit))
+        # Deferred deletes hide at most len(extra) engine rows: fetch that many more, so the
+        # first `limit` merged rows are all at or below the last row fetched.
+        rows = dict(self.engine.scan(start, end, limit=limit + len(extra)))
+        for key, (kind, value) in extra:
+            if kind == KIND_DELETE:
+                rows.pop(key, None)
+            else:
+                rows[key] = value
+        return sorted(rows.items())[:limit]
 
     # --- state held in memory, rebuilt from the engine ---------------------------------------
 
@@ -313,7 +407,7 @@ class KvStateMachine:
     def _prefix(self, tag: bytes) -> Iterator[tuple[bytes, bytes]]:
         start, end = tag, bytes([tag[0] + 1])
         while True:
-            page = list(self.engine.scan(start, end, limit=_SCAN_PAGE))
+            page = self.store_scan(start, end, limit=_SCAN_PAGE)
             for k, v in page:
                 yield k[1:], v
             if len(page) < _SCAN_PAGE:
@@ -356,7 +450,7 @@ class KvStateMachine:
             if batch.watches and any(ctx.token(w.key) != (w.version, w.live) for w in batch.watches):
                 result = Applied((), aborted=True)
             else:
-                result = Applied(tuple(self._execute(ctx, r) for r in batch.requests))
+                result = Applied(tuple([_HANDLERS[type(r)](ctx, r) for r in batch.requests]))
         self._commit(ctx, batch, result, index)
         return result
 
@@ -393,10 +487,14 @@ class KvStateMachine:
             sweep = ctx.sweep if ctx.sweep is not None else self._sweep_cursor
             meta = {"version": ctx.version, "applied": index, "floor": floor, "count": count,
                     "sweep": sweep}
-            ops.append((KIND_PUT, _META, msgpack.packb(meta, use_bin_type=True)))
-            self.engine.write(ops)
+            if self._pending is None:
+                ops.append((KIND_PUT, _META, msgpack.packb(meta, use_bin_type=True)))
+                self._store_write(ops)
+            else:  # grouping: only the last batch's metadata is written
+                self._store_write(ops)
+                self._pending_meta = meta
         except BaseException:
-            self._load()  # the engine write is atomic: memory goes back to what it holds
+            self._revert()  # the engine write is atomic: memory goes back to what it holds
             raise
         self.version, self.applied_index, self.floor = ctx.version, index, floor
         self.key_count, self._sweep_cursor = count, sweep
@@ -439,6 +537,8 @@ class KvStateMachine:
 
     def snapshot(self) -> bytes:
         """The whole state (values, tombstones, sessions, metadata) as checksummed bytes."""
+        if self._pending is not None:
+            self._flush_pending()
         pairs = []
         total = 0
         for tag in (_DATA, _META, _SESSION, _TOMB):
@@ -469,6 +569,8 @@ class KvStateMachine:
             raise StateRestoreError(f"KV snapshot body does not decode: {exc}") from None
         if fmt != 1:
             raise StateRestoreError(f"KV snapshot format {fmt} is unknown to this build")
+        if self._pending is not None:
+            self._flush_pending()
         old = [tag + k for tag in (_DATA, _META, _SESSION, _TOMB) for k, _ in self._prefix(tag)]
         self._write_chunked([(KIND_DELETE, k, b"") for k in old])
         self._write_chunked([(KIND_PUT, k, v) for k, v in pairs])

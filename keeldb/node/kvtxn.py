@@ -150,7 +150,7 @@ def _range_conflict(sm: kv.KvStateMachine, start: int, lo: bytes, hi: bytes | No
     cursor = kv._DATA + lo
     end = data_end if hi is None else kv._DATA + hi
     while True:
-        page = list(sm.engine.scan(cursor, end, limit=kv._SCAN_PAGE))
+        page = sm.store_scan(cursor, end, limit=kv._SCAN_PAGE)
         for k, raw in page:
             _, version, _ = kv.decode_value(raw)
             if version > start:

@@ -54,9 +54,13 @@ def entry_to_plain(e: Entry) -> list[Any]:
     return [e.index, e.term, e.data, e.type.value]
 
 
+_ENTRY_TYPES = {t.value: t for t in EntryType}
+_MSG_TYPES = {t.value: t for t in MsgType}
+
+
 def entry_from_plain(p: Any) -> Entry:
     index, term, data, typ = p
-    return Entry(int(index), int(term), bytes(data), EntryType(typ))
+    return Entry(int(index), int(term), bytes(data), _ENTRY_TYPES.get(typ) or EntryType(typ))
 
 
 def meta_to_plain(m: SnapshotMeta) -> list[Any]:
@@ -98,7 +102,7 @@ def message_from_plain(p: Any) -> Message:
     (typ, to, frm, term, log_term, index, entries, commit, reject, reject_hint, context,
      meta, snap_offset, snap_data, snap_total, target) = p
     return Message(
-        MsgType(typ), NodeId(to), NodeId(frm), int(term), int(log_term), int(index),
+        _MSG_TYPES.get(typ) or MsgType(typ), NodeId(to), NodeId(frm), int(term), int(log_term), int(index),
         tuple(entry_from_plain(e) for e in entries), int(commit), bool(reject),
         int(reject_hint), bytes(context), None if meta is None else meta_from_plain(meta),
         int(snap_offset), bytes(snap_data), int(snap_total), NodeId(target))

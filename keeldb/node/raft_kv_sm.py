@@ -22,10 +22,12 @@ incarnation are replayed, and those have nobody waiting for them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from keeldb import limits
 from keeldb.errors import StateRestoreError, UsageError
 from keeldb.node import kvstate as kv
 
@@ -35,15 +37,18 @@ SKIPPED: list[Any] = [[], False, True]  # a packed Applied: no replies, duplicat
 
 
 def encode_command(batch: kv.Batch, now_ms: int) -> tuple[str, bytes]:
-    """(f, command bytes) for a `ClientRequest` carrying `batch` proposed at `now_ms`."""
+    """(f, command bytes) for a `ClientRequest` carrying `batch` proposed at `now_ms`: msgpack
+    `[now_ms, batch as plain data]`, one pack (older builds nested the batch's own bytes)."""
     assert now_ms >= 0, now_ms
-    data = msgpack.packb([now_ms, kv.encode_batch(batch)], use_bin_type=True)
+    data = msgpack.packb([now_ms, kv.batch_to_plain(batch)], use_bin_type=True)
     return (READ if batch.read_only else WRITE), data
 
 
 def decode_command(data: bytes) -> tuple[int, kv.Batch]:
-    now_ms, raw = msgpack.unpackb(data, raw=False)
-    return int(now_ms), kv.decode_batch(bytes(raw))
+    now_ms, body = msgpack.unpackb(data, raw=False)
+    if isinstance(body, bytes):  # a log entry written by an older build
+        return int(now_ms), kv.decode_batch(body)
+    return int(now_ms), kv.batch_from_plain(body)
 
 
 def pack_applied(result: kv.Applied) -> list[Any]:
@@ -69,6 +74,25 @@ class RaftKvSM:
         # replica applies each entry at the same time as the others.
         self.last_now_ms = 0
         self.skipped = 0  # replayed entries the store already held
+        # Set by a host that can end a group later (the server: at the end of the loop turn):
+        # the first entry applied outside a group begins one and calls this, so the entries
+        # of one turn become one store write. The Raft log is the durable record (the store
+        # is replayed from it), so deferring store writes changes no acknowledgement.
+        self.on_group_begun: Callable[[], None] | None = None
+        # Commands this node proposed, decoded already (see `remember`); bounded, oldest out.
+        self._proposed: dict[bytes, tuple[int, kv.Batch]] = {}
+
+    def remember(self, command: bytes, now_ms: int, batch: kv.Batch) -> None:
+        """`command` is `encode_command(batch, now_ms)`: applying or reading it here later
+        skips its decode. Equal bytes decode to equal batches, so the key is the bytes."""
+        proposed = self._proposed
+        if len(proposed) >= limits.kv_proposed_batches_max:
+            del proposed[next(iter(proposed))]
+        proposed[command] = (now_ms, batch)
+
+    def _decode(self, command: bytes) -> tuple[int, kv.Batch]:
+        known = self._proposed.pop(command, None) if self._proposed else None
+        return known if known is not None else decode_command(command)
 
     def command(self, f: str, key: Any, value: Any) -> tuple[bytes, bool]:
         if f not in (READ, WRITE) or not isinstance(value, bytes | bytearray):
@@ -77,16 +101,19 @@ class RaftKvSM:
         return bytes(value), f == READ
 
     def apply(self, index: int, command: bytes) -> tuple[str, Any]:
-        now_ms, batch = decode_command(command)
+        now_ms, batch = self._decode(command)
         self.last_now_ms = max(self.last_now_ms, now_ms)
         if index <= self.kv.applied_index:
             self.skipped += 1
             return "ok", SKIPPED
         assert not batch.read_only, f"read-only batch in the log at index {index}"
+        if self.on_group_begun is not None and not self.kv.grouping:
+            self.kv.begin_group()
+            self.on_group_begun()
         return "ok", pack_applied(self.kv.apply(batch, index=index, now_ms=self.last_now_ms))
 
     def read(self, command: bytes) -> tuple[str, Any]:
-        now_ms, batch = decode_command(command)
+        now_ms, batch = self._decode(command)
         return "ok", pack_applied(self.kv.read_batch(batch, now_ms=max(self.last_now_ms,
                                                                        now_ms)))
 

@@ -122,6 +122,8 @@ _SET_OPTIONS = frozenset({"NX", "XX", "GET", "KEEPTTL"})
 
 
 def _p_set(args: list[bytes]) -> kv.Request:
+    if len(args) == 3:  # SET key value: no options to parse
+        return kv.Set(args[1], args[2])
     return _set_options("set", args, 3, _SET_OPTIONS)
 
 
@@ -272,6 +274,11 @@ SPECS: dict[str, CommandSpec] = {s.name: s for s in (
 )}
 
 
+# Every name in lower and upper case as bytes (what clients send), for `lookup`.
+_SPECS_AS_SENT: dict[bytes, CommandSpec] = {
+    form: spec for name, spec in SPECS.items() for form in (name.encode(), name.upper().encode())}
+
+
 def _p_decrby(args: list[bytes]) -> kv.Request:
     delta = _int(args[2])
     if delta == -(2**63):
@@ -282,7 +289,9 @@ def _p_decrby(args: list[bytes]) -> kv.Request:
 def lookup(args: list[bytes]) -> CommandSpec:
     """The spec of a request, after Redis's unknown-command and arity checks."""
     assert args, "a request has at least one argument"
-    spec = SPECS.get(args[0].lower().decode(errors="replace"))
+    spec = _SPECS_AS_SENT.get(args[0])  # a name as clients send it: no lower/decode
+    if spec is None:
+        spec = SPECS.get(args[0].lower().decode(errors="replace"))
     if spec is None:
         raise unknown_command(args)
     if (spec.arity > 0 and len(args) != spec.arity) or len(args) < -spec.arity:

@@ -33,7 +33,7 @@ from keeldb.codec.resp import ErrorReply
 from keeldb.errors import ConfigError, KeeldbError, LimitExceededError
 from keeldb.node import kvstate as kv
 from keeldb.node.effects import ClientRequest, Node, Received, Reply, Tick
-from keeldb.node.raft_kv_sm import RaftKvSM, encode_command, unpack_applied
+from keeldb.node.raft_kv_sm import WRITE, RaftKvSM, encode_command, unpack_applied
 from keeldb.node.raft_node import FLUSH_TIMER, RaftNode, RaftNodeConfig
 from keeldb.runtime.driver import Driver
 from keeldb.runtime.real.admin import AdminServer
@@ -83,6 +83,7 @@ class RaftApplyPath:
                               "list every node of the cluster, this one included")
         self.node_id = NodeId(node_id)
         self._sm = RaftKvSM(sm)
+        self._sm.on_group_begun = self._group_begun  # one store write per loop turn
         self._loop, self._metrics, self._on_fatal = loop, metrics, on_fatal
         metrics.watch_raft(self.node_status)
         self._redirect = redirect  # a follower answers writes with MOVED (leader's address)
@@ -257,24 +258,39 @@ class RaftApplyPath:
             self._loop.call_soon(self._flush)
 
     def _submit(self, items: list[tuple[kv.Batch, Done]], now: int, started: float) -> None:
+        pending = self._pending
         for batch, done in items:
-            if any(isinstance(r, kv.Sweep) for r in batch.requests) and not self.is_leader():
+            requests = batch.requests
+            sweep = (type(requests[0]) is kv.Sweep if len(requests) == 1
+                     else any(isinstance(r, kv.Sweep) for r in requests))
+            if sweep and not self.is_leader():
                 # Active expiry is the leader's job (reads hide expired keys anyway).
                 self._loop.call_soon(done, kv.Applied((0,)))
                 continue
-            if self._redirect and not batch.read_only:
+            f, data = encode_command(batch, now)
+            if self._redirect and f == WRITE:
                 moved = self._moved()
                 if moved is not None:
                     self._loop.call_soon(done, moved)
                     continue
             self._next_rid += 1
             rid = self._next_rid
-            kind = "read" if batch.read_only else "write"
-            self._pending[rid] = (done, started, kind)
-            f, data = encode_command(batch, now)
+            pending[rid] = (done, started, f)  # f is the latency label: "read" | "write"
+            self._sm.remember(data, now, batch)
             self._deliver(ClientRequest(rid, f, None, data))
             if not self.driver.alive and rid in self._pending:
                 self._on_reply(Reply(rid, "fail", error="node is down"))
+
+    def _group_begun(self) -> None:
+        self._loop.call_soon(self._end_group)
+
+    def _end_group(self) -> None:
+        """Write the entries applied this loop turn to the store (one engine write)."""
+        if self._sm.kv.grouping:
+            try:
+                self._sm.kv.end_group()
+            except Exception as exc:  # the store failed: stop loudly (the log replays it)
+                self._fatal(exc)
 
     def _flush(self) -> None:
         self._flush_due = False
@@ -334,6 +350,7 @@ class RaftApplyPath:
         if self._stopped:
             return
         self._stopped = True
+        self._end_group()
         for fut in self._admin.values():
             if not fut.done():
                 fut.set_result(("fail", None, "the node is stopping"))

@@ -5,9 +5,9 @@
     accept ─► Connection.receive(bytes) ─► Execute ─┐
                                                     ├─► ApplyPath.submit(batch, now_ms)
     sweep timer ─► Sweep(n) ───────────────────────┘      in submit order, one group at a time:
-                                                            read_batch / apply (one engine
-    Connection.complete(ticket, result) ◄── deliver ◄──    write each), then ONE fsync for
-    ─► Send replies (in request order)                     the group (sync=always)
+                                                            read_batch / apply (ONE engine
+    Connection.complete(ticket, result) ◄── deliver ◄──    write for the group), then ONE
+    ─► Send replies (in request order)                     fsync for it (sync=always)
 
 The seam for replication is `ApplyPath`: `LocalApplyPath` applies proposals in the order they
 were submitted (the "log" is the submit order, its index `applied_index + 1`). A Raft node
@@ -167,6 +167,7 @@ class LocalApplyPath:
         self.room.set()
         self.idle = asyncio.Event()  # set while nothing is in flight
         self.idle.set()
+        self._observe: dict[str, Callable[[float], None]] = {}  # latency histogram per kind
         self._thread = threading.Thread(target=self._run, name="keeldb-apply", daemon=True)
 
     @property
@@ -218,12 +219,31 @@ class LocalApplyPath:
 
     def _apply_group(self, group: list[tuple[kv.Batch, int, Done, float]]
                      ) -> list[tuple[Done, Result, float, str]]:
+        """Apply a group's batches in order as ONE engine write (the state machine defers
+        them: a WAL append per group, not per batch), then fsync once if any wrote."""
         out: list[tuple[Done, Result, float, str]] = []
         wrote = False
-        for batch, now, done, started in group:
-            out.append((done, self._apply_one(batch, now), started,
-                        "read" if batch.read_only else "write"))
-            wrote = wrote or not batch.read_only
+        sm = self._sm
+        sm.begin_group()
+        try:
+            for batch, now, done, started in group:
+                read_only = batch.read_only
+                out.append((done, self._apply_one(batch, now), started,
+                            "read" if read_only else "write"))
+                wrote = wrote or not read_only
+                if sm.group_lost:
+                    break
+        finally:
+            why = "see the server log"
+            try:
+                sm.end_group()
+            except KeeldbError as exc:
+                why = exc.message  # group_lost is set: answered below
+        if sm.group_lost:  # a store write failed: memory is back to what the store holds
+            err = ErrorReply(f"ERR the store's write failed ({why}); these commands may not "
+                             "have applied: check the disk (space, permissions) and retry")
+            return [(done, err, started, "read" if batch.read_only else "write")
+                    for batch, _, done, started in group]
         if wrote and self._sync_always:
             began = time.perf_counter()
             try:
@@ -263,9 +283,12 @@ class LocalApplyPath:
 
     def _deliver(self, results: list[tuple[Done, Result, float, str]]) -> None:
         now = time.perf_counter()
-        latency = self._metrics.latency
+        observers = self._observe
         for done, result, started, kind in results:
-            latency.labels(kind).observe(now - started)
+            observe = observers.get(kind)
+            if observe is None:  # labels() takes a lock and a dict lookup: once per kind
+                observe = observers[kind] = self._metrics.latency.labels(kind).observe
+            observe(now - started)
             done(result)
         self._inflight -= len(results)
         assert self._inflight >= 0, f"apply path delivered more than submitted: {self._inflight}"

@@ -66,6 +66,18 @@ class _Miss:
 MISS: Any = _Miss()
 
 
+class _Deleted:
+    """`TableReader.find_value`'s answer when the newest version of the key is a tombstone."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DELETED"
+
+
+DELETED: Any = _Deleted()
+
+
 def _offsets(body: bytes, at: int, count: int, first: int) -> tuple[array[int], int]:
     """The count + 1 absolute bounds of a column whose u32 lengths are at `at`."""
     lens = array("I", body[at : at + 4 * count])
@@ -183,6 +195,25 @@ def cached_block_bytes(block: CachedBlock) -> int:
     body, key_offs, value_offs = block
     extra = sum(_ARRAY_OBJ + 4 * len(o) for o in (key_offs, value_offs) if o is not None)
     return len(body) + _BYTES_OBJ + _CACHE_SLOT_BYTES + _TUPLE3_BYTES + extra
+
+
+def newest_fixed(block: bytes, key: bytes) -> Any:
+    """The newest version of `key` in a block of fixed-width keys and values (a `bytes`
+    block): its value, DELETED for a tombstone, or None if the block does not hold the key.
+    `TableReader.find_value` inlines this same search on its hot path."""
+    n, kw, vw = _BLOCK_HEADER.unpack_from(block, 0)
+    if kw != len(key):
+        return None
+    key_at = _HEADER_BYTES + 9 * n
+    end = key_at + kw * n
+    p = block.find(key, key_at, end)
+    while p >= 0:
+        r = (p - key_at) % kw
+        if not r:
+            j = (p - key_at) // kw  # the key's first entry: its newest version
+            return block[end + j * vw : end + (j + 1) * vw] if block[key_at - n + j] else DELETED
+        p = block.find(key, p + kw - r, end)  # a match across two keys: look further
+    return None
 
 
 def _find_first(lay: Layout, key: bytes) -> int:

@@ -46,6 +46,7 @@ from keeldb.storage import compaction as cp
 from keeldb.storage import jobs
 from keeldb.storage.cache import BlockCache, TableCache
 from keeldb.storage.engine import (
+    KIND_DELETE,
     KIND_PUT,
     STALL_NONE,
     STALL_SLOWDOWN,
@@ -58,6 +59,7 @@ from keeldb.storage.engine import (
     check_key,
     check_ops,
     check_scan_args,
+    check_value,
 )
 from keeldb.storage.manifest import (
     MANIFEST_TMP,
@@ -77,16 +79,24 @@ from keeldb.storage.merge import (
     CleanSource,
     VisibleMerger,
     page_pairs,
+    read_page,
     shares,
 )
-from keeldb.storage.sstable import MISS, ReadStats, TableReader
-from keeldb.storage.wal import create_wal, encode_record, read_wal, wal_name
+from keeldb.storage.sstable import DELETED, MISS, ReadStats, TableReader
+from keeldb.storage.wal import create_wal, encode_one, encode_record, read_wal, wal_name
 
 SEQ_MAX = (1 << 63) - 1
 # A page scan reads each source's share of the page plus this many entries: the cut at
 # the nearest last key read then rarely falls short of the page.
 PAGE_SLACK_ENTRIES = 16
+# After a page the column read could not tell, the next pages go to the general merge at
+# once (1, 3, 7, ... of them after failures in a row, at most this many): where versions
+# and tombstones hide much (many overwrites, old snapshots) the column read rarely tells a
+# page, and trying first would only add its cost.
+PAGE_SKIPS_MAX = 63
 _KEY_MAX = limits.key_bytes_max
+_ABOVE_KEYS = b"\xff" * (_KEY_MAX + 1)  # sorts after every valid key
+_IMMS_MAX = limits.memtable_immutable_count_max
 
 
 class Version:
@@ -100,11 +110,13 @@ class Version:
         self.levels = levels
         # Flat lookup structures for point reads (few attribute loads per table probed):
         # L0 as (smallest, largest, id, name) newest first; each non-empty sorted level as
-        # (largest keys, smallest keys, ids, names) for one bisect.
+        # (largest keys, smallest keys + a sentinel above every key, open readers or None,
+        # ids, names) for one bisect: `smallests[i] <= key` is then false past the last table.
         self.l0 = tuple((t.smallest, t.largest, t.id, t.name) for t in levels[0])
-        self.sorted_levels = tuple(
-            ([t.largest for t in tables], [t.smallest for t in tables], [t.id for t in tables],
-             [t.name for t in tables])
+        self.sorted_levels: tuple[tuple[list[bytes], list[bytes], list[TableReader | None],
+                                        list[int], list[str]], ...] = tuple(
+            ([t.largest for t in tables], [t.smallest for t in tables] + [_ABOVE_KEYS],
+             [None] * len(tables), [t.id for t in tables], [t.name for t in tables])
             for tables in levels[1:] if tables)
         # Each non-empty level below L0 as (tables, largest keys, entries), for scans.
         self.deep = tuple((tables, [t.largest for t in tables], sum(t.entries for t in tables))
@@ -143,6 +155,9 @@ class LsmEngine:
         self._pins: dict[int, list[Any]] = {}  # id(version) -> [version, count]
         self._obsolete: list[TableMeta] = []
         self._cursors: dict[int, bytes] = {}
+        # Pages the column read skips after failures in a row (see PAGE_SKIPS_MAX): the
+        # current run length and what is left of it. Racy counters: a hint only.
+        self._page_skips = self._page_skipped = 0
         self._spec = jobs.TableSpec.of(options)
         # Runs flush and compaction jobs; the embedded DB swaps in a worker-process runner.
         self.runner: jobs.JobRunner = jobs.InlineRunner(disk, self._spec)
@@ -152,7 +167,9 @@ class LsmEngine:
         # while the process is small: see ProcessRunner.warm); once per engine.
         self._warm_bytes = options.memtable_bytes // limits.worker_job_min_memtable_divisor
         self.stall_seconds = 0.0  # the embedded layer adds the time writers waited
-        self.counters = dict(user_bytes=0, wal_bytes=0, flush_bytes=0, compaction_bytes=0,
+        self._user_bytes = self._wal_bytes = 0  # counters kept out of the dict (per write)
+        self._l0_stop = options.l0_stop_files
+        self._counters = dict(user_bytes=0, wal_bytes=0, flush_bytes=0, compaction_bytes=0,
                              manifest_bytes=0, flushes=0, compactions=0,
                              write_stalls=0, trivial_moves=0, wal_tail_truncated=0)
         self._recover(create)
@@ -215,6 +232,7 @@ class LsmEngine:
             self.counters["flushes"] += 1
         wal = create_wal(disk, self._alloc())
         self._wal = wal
+        self._wal_append = wal.file.append
         new_state = ManifestState(next_file=self._next_file, last_seq=last_seq,
                                   log_number=wal.number, levels=levels)
         self.counters["manifest_bytes"] += write_manifest(disk, new_state, self._hook)
@@ -244,46 +262,99 @@ class LsmEngine:
         if self._failed is not None or self._closed:
             self._check_writable()
         version = self._version
-        if (len(version.l0) >= self.options.l0_stop_files or version.imms) and \
-                self.write_stall() == STALL_STOP:
-            self.counters["write_stalls"] += 1
-            raise WriteStallError(
-                f"writes are stopped: {len(self._version.levels[0])} L0 tables (stop at "
-                f"{self.options.l0_stop_files}) or {len(self._version.imms)} memtables waiting "
-                "for flush; run flush_step/compact_step (the embedded DB does) and retry")
+        if version.imms or len(version.l0) >= self._l0_stop:
+            self._refuse_if_stopped()
         seq = self._last_seq + 1
         record = encode_record(seq, ops)
-        wal = self._wal
-        try:
-            wal.file.append(record)
-            if self._hook is not None:
-                self._hook("wal-after-write-before-sync")
-            if sync:
-                wal.sync()
-        except StorageIOError as exc:
-            self._fail(exc)
-            raise
+        self._log(record, sync)
         self._last_seq = seq
-        counters = self.counters
-        counters["user_bytes"] += user_bytes
-        counters["wal_bytes"] += len(record)
+        self._user_bytes += user_bytes
+        self._wal_bytes += len(record)
         with self._mu:
             mem = self._version.mem
             mem.apply(seq, ops, user_bytes, self._snap_max)
             self._visible_seq = seq
-            if mem.bytes >= self._memtable_bytes and \
-                    len(self._version.imms) < limits.memtable_immutable_count_max:
+            if mem.bytes >= self._memtable_bytes and len(self._version.imms) < _IMMS_MAX:
                 self._rotate()
         if mem.bytes >= self._warm_bytes:
-            self._warm_bytes = SEQ_MAX  # never again
-            self.runner.warm()
+            self._warm()
         return seq
 
+    def write_one(self, kind: int, key: bytes, value: bytes, user_bytes: int,
+                  sync: bool = False) -> int:
+        """`write_checked([(kind, key, value)], ...)` for one checked op: a single put or
+        delete costs no batch list, a cheaper WAL encoding and a cheaper memtable insert.
+        The same steps in the same order, so the same crash and durability guarantees."""
+        if self._failed is not None or self._closed:
+            self._check_writable()
+        version = self._version
+        if version.imms or len(version.l0) >= self._l0_stop:
+            self._refuse_if_stopped()
+        seq = self._last_seq + 1
+        record = encode_one(seq, kind, key, value)
+        try:  # `_log`, inline: this path runs once per single put
+            self._wal_append(record)
+            if self._hook is not None:
+                self._hook("wal-after-write-before-sync")
+            if sync:
+                self._wal.sync()
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+        self._last_seq = seq
+        self._user_bytes += user_bytes
+        self._wal_bytes += len(record)
+        with self._mu:
+            mem = self._version.mem
+            mem.apply_one(seq, kind, key, value, user_bytes, self._snap_max)
+            self._visible_seq = seq
+            if mem.bytes >= self._memtable_bytes and len(self._version.imms) < _IMMS_MAX:
+                self._rotate()
+        if mem.bytes >= self._warm_bytes:
+            self._warm()
+        return seq
+
+    def _log(self, record: bytes, sync: bool) -> None:
+        """Append one record to the WAL (and fsync it when `sync`)."""
+        try:
+            self._wal_append(record)
+            if self._hook is not None:
+                self._hook("wal-after-write-before-sync")
+            if sync:
+                self._wal.sync()
+        except StorageIOError as exc:
+            self._fail(exc)
+            raise
+
+    def _refuse_if_stopped(self) -> None:
+        if self.write_stall() == STALL_STOP:
+            self._counters["write_stalls"] += 1
+            raise WriteStallError(
+                f"writes are stopped: {len(self._version.levels[0])} L0 tables (stop at "
+                f"{self.options.l0_stop_files}) or {len(self._version.imms)} memtables waiting "
+                "for flush; run flush_step/compact_step (the embedded DB does) and retry")
+
+    def _warm(self) -> None:
+        self._warm_bytes = SEQ_MAX  # never again
+        self.runner.warm()
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Event and byte counters since open (the write path keeps two as attributes)."""
+        c = self._counters
+        c["user_bytes"] = self._user_bytes
+        c["wal_bytes"] = self._wal_bytes
+        return c
+
     def put(self, key: bytes, value: bytes, sync: bool = False) -> int:
-        return self.write([(KIND_PUT, key, value)], sync)
+        self._check_writable()
+        key, value = check_key(key), check_value(value)
+        return self.write_one(KIND_PUT, key, value, len(key) + len(value), sync)
 
     def delete(self, key: bytes, sync: bool = False) -> int:
-        return self.write([(0, key, b"")], sync)
+        self._check_writable()
+        key = check_key(key)
+        return self.write_one(KIND_DELETE, key, b"", len(key), sync)
 
     def sync(self) -> None:
         """fsync the WAL: every write acknowledged so far becomes durable."""
@@ -308,6 +379,7 @@ class LsmEngine:
             raise
         old_wal.close()
         self._wal = wal
+        self._wal_append = wal.file.append
         version.mem.freeze()
         self._version = Version(Memtable(wal.number), (version.mem,) + version.imms,
                                 version.levels)
@@ -360,44 +432,44 @@ class LsmEngine:
         self.reads += 1
         version = self._version
         entry = version.mem.table.get(key)
-        if entry is None:
-            for imm in version.imms:
-                entry = imm.table.get(key)
-                if entry is not None:
-                    break
-            else:
-                # The table search of _get_tables, inlined: this is the hottest read path.
-                # No lock unless a block must be read (MISS): cache hits are lock-free.
-                h = xxh3_64_intdigest(key)
-                readers = version.readers
-                try:
-                    for smallest, largest, tid, name in version.l0:
-                        if smallest <= key <= largest:
-                            r = readers.get(tid) or self._reader(version, tid, name)
-                            found = r.find(key, SEQ_MAX, h)
-                            if found is MISS:
-                                with self._rmu:
-                                    found = r.find_uncached(key, SEQ_MAX)
-                            if found is not None:
-                                return found[2] if found[1] else None
-                    for largests, smallests, ids, names in version.sorted_levels:
-                        i = bisect_left(largests, key)
-                        if i < len(ids) and smallests[i] <= key:
-                            tid = ids[i]
-                            r = readers.get(tid) or self._reader(version, tid, names[i])
-                            found = r.find(key, SEQ_MAX, h)
-                            if found is MISS:
-                                with self._rmu:
-                                    found = r.find_uncached(key, SEQ_MAX)
-                            if found is not None:
-                                return found[2] if found[1] else None
-                    return None
-                except KeeldbError:
-                    if self._version is version or self._closed:
-                        raise
-                found = self._get_tables(self._version, key, SEQ_MAX)  # a table was deleted
-                return found[2] if found is not None and found[1] else None
-        return entry[3] if entry[2] else None
+        if entry is not None:
+            return entry[3] if entry[2] else None
+        for imm in version.imms:
+            entry = imm.table.get(key)
+            if entry is not None:
+                return entry[3] if entry[2] else None
+        # The table search of _get_tables, inlined for the newest version (the hottest read
+        # path): `find_value` reads no seq and builds no tuple. No lock unless a block must
+        # be read (MISS): cache hits are lock-free.
+        h = xxh3_64_intdigest(key)
+        try:
+            for smallest, largest, tid, name in version.l0:
+                if smallest <= key <= largest:
+                    r = version.readers.get(tid) or self._reader(version, tid, name)
+                    value = r.find_value(key, h)
+                    if value is MISS:
+                        with self._rmu:
+                            value = r.find_value_uncached(key)
+                    if value is not None:
+                        return None if value is DELETED else value  # type: ignore[no-any-return]
+            for largests, smallests, readers, ids, names in version.sorted_levels:
+                i = bisect_left(largests, key)
+                if smallests[i] <= key:  # the sentinel past the last table never is
+                    lr = readers[i]
+                    if lr is None:
+                        lr = readers[i] = self._reader(version, ids[i], names[i])
+                    value = lr.find_value(key, h)
+                    if value is MISS:
+                        with self._rmu:
+                            value = lr.find_value_uncached(key)
+                    if value is not None:
+                        return None if value is DELETED else value  # type: ignore[no-any-return]
+            return None
+        except KeeldbError:
+            if self._version is version or self._closed:
+                raise
+        found = self._get_tables(self._version, key, SEQ_MAX)  # a table was deleted
+        return found[2] if found is not None and found[1] else None
 
     def _reader(self, version: Version, table_id: int, name: str) -> TableReader:
         """The open reader of a table of `version`, remembered there for later reads."""
@@ -425,9 +497,9 @@ class LsmEngine:
                     found = self._find(version, tid, name, key, seq, h)
                     if found is not None:
                         return found
-            for largests, smallests, ids, names in version.sorted_levels:
+            for largests, smallests, _, ids, names in version.sorted_levels:
                 i = bisect_left(largests, key)
-                if i < len(ids) and smallests[i] <= key:
+                if smallests[i] <= key:
                     found = self._find(version, ids[i], names[i], key, seq, h)
                     if found is not None:
                         return found
@@ -455,6 +527,12 @@ class LsmEngine:
     def _scan_at(self, seq: int | None, start: bytes | None, end: bytes | None, reverse: bool,
                  limit: int | None) -> Iterator[tuple[bytes, bytes]]:
         n = check_scan_args(start, end, limit)
+        if n <= limits.scan_chunk_entries:
+            pairs, again = self._page_unpinned(seq, start, end, reverse, n)
+            if pairs is not None:
+                return iter(pairs)
+        else:
+            again = False
         fresh = seq is None
         with self._mu:  # register seq + pin the version atomically with reading them
             if seq is None:
@@ -466,7 +544,8 @@ class LsmEngine:
         if n <= limits.scan_chunk_entries:
             # A page: read it now, in one hold of the read lock, and release at once.
             try:
-                return iter(self._scan_page(version, seq, start, end, reverse, n, fresh))
+                return iter(self._scan_page(version, seq, start, end, reverse, n, fresh,
+                                            again))
             finally:
                 self._unpin(version, seq)
         # chain.from_iterable hands out the pairs of each chunk in C; the generator below
@@ -474,6 +553,43 @@ class LsmEngine:
         chunks = self._scan_chunks(version, seq, start, end, reverse, n)
         next(chunks)  # enter the try block, so dropping an unstarted scan still unpins
         return chain.from_iterable(chunks)
+
+    def _page_unpinned(self, seq: int | None, start: bytes | None, end: bytes | None,
+                       reverse: bool, n: int) -> tuple[list[tuple[bytes, bytes]] | None, bool]:
+        """A page read at once (`_page_fast`) without registering its seq or pinning its
+        version: the common short scan then costs one hold of each lock. Returns (pairs,
+        _), or (None, again) when it cannot be answered so: then the caller reads it
+        registered and pinned, with `_page_fast` again only if `again` (a race, not a
+        page `_page_fast` cannot tell).
+
+        Why that is safe: `seq` and `version` are read together under `mu`, so every
+        table and frozen memtable of `version` holds nothing newer than `seq`. Only the
+        active memtable may take writes meanwhile, and an overwrite drops the version a
+        scan at `seq` would need unless a snapshot at `seq` is registered: a snapshot's
+        scan has one; a fresh scan checks that no write reached the memtable after `seq`
+        (its seq_max) and otherwise reads again, registered. A compaction may delete a
+        table of an unpinned version: the read then fails with a KeeldbError, and is
+        retried pinned when the version changed (as point reads do)."""
+        if start is not None and end is not None and start >= end:
+            return [], False
+        if self._page_skipped:
+            self._page_skipped -= 1
+            return None, False
+        fresh = seq is None
+        with self._mu:
+            if seq is None:
+                seq = self._visible_seq
+            version = self._version
+        try:
+            with self._rmu:
+                pairs = self._page_fast(version, seq, start, end, reverse, n)
+        except KeeldbError:
+            if self._version is version or self._closed:
+                raise
+            return None, True  # a compaction deleted a table of `version` meanwhile
+        if fresh and version.mem.seq_max > seq:
+            return None, True  # a write raced the read
+        return pairs, False
 
     def _unpin(self, version: Version, seq: int) -> None:
         with self._mu:
@@ -484,10 +600,12 @@ class LsmEngine:
                 del self._pins[id(version)]
 
     def _scan_page(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
-                   reverse: bool, n: int, fresh: bool) -> list[tuple[bytes, bytes]]:
-        """Up to n pairs, usually from one read of each source: each gives its share of n
-        (by entry count) plus slack, one C-level merge resolves them (`page_pairs`); if
-        that read was too short, a `VisibleMerger` goes on from it.
+                   reverse: bool, n: int, fresh: bool,
+                   fast: bool = True) -> list[tuple[bytes, bytes]]:
+        """Up to n pairs, from `_page_fast` when `fast` and it can tell them; else from
+        one read of each source as entries: each gives its share of n (by entry count)
+        plus slack, one C-level merge resolves them (`page_pairs`); if that read was too
+        short, a `VisibleMerger` goes on from it.
 
         `fresh`: `seq` is the visible seq read together with `version`, so no table or
         frozen memtable of it holds anything newer (the active memtable's iterator filters
@@ -495,6 +613,10 @@ class LsmEngine:
         if start is not None and end is not None and start >= end:
             return []
         with self._rmu:
+            if fast:
+                pairs = self._page_fast(version, seq, start, end, reverse, n)
+                if pairs is not None:
+                    return pairs
             sources, sizes = self._sources(version, seq, start, end, reverse, n)
             if not sources:
                 return []
@@ -506,6 +628,19 @@ class LsmEngine:
             pairs = page_pairs(read, more, merge_seq, reverse, n)
             if pairs is None:
                 pairs = VisibleMerger(sources, merge_seq, reverse, sizes, read, more).take(n)
+        return pairs
+
+    def _page_fast(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
+                   reverse: bool, n: int) -> list[tuple[bytes, bytes]] | None:
+        """`merge.read_page` (a page read as key and value columns); None if it cannot tell
+        the page, and then the next pages skip it for a while (PAGE_SKIPS_MAX).
+        Call with the read lock held."""
+        pairs = read_page(version, self.table_cache, seq, start, end, reverse, n)
+        if pairs is None:  # the general merge reads this page and the next few
+            self._page_skips = self._page_skipped = min(PAGE_SKIPS_MAX,
+                                                        2 * self._page_skips + 1)
+        else:
+            self._page_skips = 0
         return pairs
 
     def _sources(self, version: Version, seq: int, start: bytes | None, end: bytes | None,
@@ -736,7 +871,8 @@ class LsmEngine:
         live += sum(m.bytes for m in mems)
         written = c["wal_bytes"] + c["flush_bytes"] + c["compaction_bytes"]
         lookups = self.reads
-        cache_total = bc.hits + bc.misses
+        hits = bc.hits + rs.find_hits  # point reads' cache hits are counted in read_stats
+        cache_total = hits + bc.misses
         # FPR = false positives / probes of keys the table did not hold
         absent_probes = rs.bloom_useful + rs.bloom_false_positives
         return Stats(
@@ -759,9 +895,9 @@ class LsmEngine:
             bloom_false_positives=rs.bloom_false_positives,
             bloom_false_positive_rate=(rs.bloom_false_positives / absent_probes
                                        if absent_probes else 0.0),
-            block_cache_hits=bc.hits,
+            block_cache_hits=hits,
             block_cache_misses=bc.misses,
-            block_cache_hit_rate=bc.hits / cache_total if cache_total else 0.0,
+            block_cache_hit_rate=hits / cache_total if cache_total else 0.0,
             block_cache_bytes=bc.bytes,
             flushes=c["flushes"],
             compactions=c["compactions"],

@@ -28,8 +28,8 @@ releasing the GIL, so a concurrent reader never sees half of a batch.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
-from itertools import chain
+from collections.abc import Iterable, Iterator
+from itertools import chain, islice, repeat
 from operator import itemgetter
 
 Entry = tuple[bytes, int, int, bytes]
@@ -58,7 +58,9 @@ CHUNK_ENTRIES_FIRST = 128
 CHUNK_ENTRIES_MAX = 4096
 
 _EMPTY: list[bytes] = []
+_kind_of_op = itemgetter(0)
 _key_of_op = itemgetter(1)
+_value_of_op = itemgetter(2)
 _seq_of_entry = itemgetter(1)
 
 
@@ -117,16 +119,39 @@ class Memtable:
             if len(table) != before:
                 self._delta.append(key)
         else:
-            table.update([(key, (key, seq, kind, value)) for kind, key, value in ops])
+            # Entries built by C-level maps first; the update then pairs them with their keys
+            # through a zip that reuses its one pair tuple, so it allocates no object (no GC
+            # pass, no GIL switch can split it) -- ~2x cheaper than a comprehension of pairs.
+            keys = list(map(_key_of_op, ops))
+            entries = list(zip(keys, repeat(seq), map(_kind_of_op, ops), map(_value_of_op, ops)))
+            table.update(zip(keys, entries, strict=True))
             if len(table) != before:
-                self._delta += map(_key_of_op, ops)  # overwrites are filtered at merge
+                self._delta += keys  # overwrites are filtered at merge
         if not self.seq_min:
             self.seq_min = seq
         self.seq_max = seq
         self.versions += len(ops)
         self.bytes += user_bytes + ENTRY_OVERHEAD_BYTES * len(ops)
 
-    def _retain(self, ops: list[tuple[int, bytes, bytes]], snapshot_max: int) -> None:
+    def apply_one(self, seq: int, kind: int, key: bytes, value: bytes, user_bytes: int,
+                  snapshot_max: int) -> None:
+        """`apply(seq, [(kind, key, value)], ...)` without building the batch (single puts)."""
+        assert not self.frozen, "write into a frozen memtable"
+        assert seq > self.seq_max, f"seq {seq} not above memtable seq_max {self.seq_max}"
+        table = self.table
+        if snapshot_max >= self.seq_min and table:
+            self._retain(((kind, key, value),), snapshot_max)
+        before = len(table)
+        table[key] = (key, seq, kind, value)
+        if len(table) != before:  # a new key (after it is in `table`, as `apply` says)
+            self._delta.append(key)
+        if not self.seq_min:
+            self.seq_min = seq
+        self.seq_max = seq
+        self.versions += 1
+        self.bytes += user_bytes + ENTRY_OVERHEAD_BYTES
+
+    def _retain(self, ops: Iterable[tuple[int, bytes, bytes]], snapshot_max: int) -> None:
         table = self.table
         old = self.old
         for _, key, _ in ops:
@@ -236,6 +261,28 @@ class Memtable:
         more keys than it needs are looked up.
         """
         return chain.from_iterable(self._chunks(start, end, reverse, seq, max(1, first)))
+
+    def page(self, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
+             want: int) -> tuple[list[Entry], bool]:
+        """The first `want` visible entries of `iter(...)` as a list, and whether more may
+        follow. A memtable whose sorted entry list is built (no write since) answers with
+        one list slice; otherwise the first chunk of `iter` is sized to `want`."""
+        state = self._sorted
+        if state is not None and state[3] == len(self._delta) and not state[2]:
+            built = self._entries  # no key added since the last sort: is the list current?
+            seq_max = self.seq_max
+            if built is not None and built[0] is state[0] and built[1] == seq_max <= seq:
+                keys = state[0]
+                lo = 0 if start is None else bisect.bisect_left(keys, start)
+                hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+                if reverse:
+                    chunk = built[2][max(lo, hi - want):hi]
+                    chunk.reverse()
+                else:
+                    chunk = built[2][lo:min(hi, lo + want)]
+                return chunk, hi - lo > want
+        got = list(islice(self.iter(start, end, reverse, seq, want), want))
+        return got, len(got) == want
 
     def _chunks(self, start: bytes | None, end: bytes | None, reverse: bool,
                 seq: int, first: int) -> Iterator[list[Entry]]:

@@ -14,9 +14,15 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice
-from operator import eq, itemgetter
+from operator import eq, itemgetter, ne
+from typing import TYPE_CHECKING, Any
 
 from keeldb.storage.engine import KIND_DELETE
+
+if TYPE_CHECKING:  # lsm imports this module
+    from keeldb.storage.cache import TableCache
+    from keeldb.storage.lsm import Version
+    from keeldb.storage.manifest import TableMeta
 
 Entry = tuple[bytes, int, int, bytes]
 
@@ -212,6 +218,225 @@ def page_pairs(read: list[list[Entry]], more: list[bool], seq: int, reverse: boo
         del pairs[n:]
         return pairs
     return None if lasts else pairs
+
+
+# --- page scans read as key and value columns ------------------------------------------
+# A page read first asks each source for its expected share of the page plus this many
+# standard deviations (keys spread evenly: a binomial count) and two entries.
+PAGE_SHARE_SIGMAS = 2.5
+# A page read that fell short is read again with a whole page from every source only if
+# at most 1/PAGE_HIDDEN_DIVISOR of a page was hidden (older versions, tombstones, newer
+# seqs); otherwise the general merge reads it.
+PAGE_HIDDEN_DIVISOR = 8
+
+
+def page_share(n: int, size: int, total: int) -> int:
+    """Entries to read first from a source holding `size` of `total` entries for a page of
+    `n`: its expected count among the first n keys plus PAGE_SHARE_SIGMAS deviations."""
+    mean = n * size / total
+    return int(mean + PAGE_SHARE_SIGMAS * (mean * (1 - size / total)) ** 0.5) + 2
+
+
+def read_page(version: Version, table_cache: TableCache, seq: int, start: bytes | None,
+              end: bytes | None, reverse: bool, n: int) -> list[tuple[bytes, bytes]] | None:
+    """The first `n` visible pairs in [start, end) of an LSM `version` at `seq`, from one
+    read of each source cut into key and value lists (no entry tuples, no iterators),
+    resolved by `merge_page`. Each source first reads what it likely holds of the page
+    (`page_share`); if that falls short, every source reads a whole page once more; None
+    if even that cannot tell the page (tombstones or versions hid too much): then read it
+    with the general merge. Call with the engine's read lock held."""
+    # (entries, kind, source) of each source with something in range at `seq`, newest
+    # first: memtables (kind 0), L0 tables (1), deeper levels (2); a snapshot skips
+    # sources newer than itself whole
+    sources: list[tuple[int, int, Any]] = [
+        (len(m), 0, m) for m in (version.mem,) + version.imms if len(m) and m.seq_min <= seq]
+    for t in version.levels[0]:
+        if (end is None or t.smallest < end) and (start is None or t.largest >= start) \
+                and t.seq_min <= seq:
+            sources.append((t.entries, 1, t))
+    sources += [(level[2], 2, level) for level in version.deep]
+    if len(sources) > 1:
+        total = sum(map(_key_of, sources))
+        # page_share, inlined: a share of the page plus PAGE_SHARE_SIGMAS deviations
+        wants = [int(x + PAGE_SHARE_SIGMAS * (x * (1 - size / total)) ** 0.5) + 2
+                 for size, _, _ in sources for x in (n * size / total,)]
+    elif sources:
+        wants = [n + 1]
+    else:
+        return []
+    got = _read_sources(version, table_cache, sources, wants, seq, start, end, reverse, n)
+    if got.__class__ is int and len(sources) > 1 and got * PAGE_HIDDEN_DIVISOR <= n:
+        # the shares fell short, not because versions or tombstones hid much: read a
+        # whole page from every source
+        got = _read_sources(version, table_cache, sources, [n + 1] * len(sources), seq,
+                            start, end, reverse, n)
+    return None if got.__class__ is int else got  # type: ignore[return-value]
+
+
+def _read_sources(version: Version, table_cache: TableCache,
+                  sources: list[tuple[int, int, Any]], wants: list[int], seq: int,
+                  start: bytes | None, end: bytes | None, reverse: bool,
+                  n: int) -> list[tuple[bytes, bytes]] | int:
+    """One read of up to `wants[i]` entries from each source, merged (see `read_page` and
+    `merge_page`: the pairs, or how many entries read were hidden).
+
+    Sources are read largest share first, each bounded by the nearest last key read so far
+    of a source with more (no key past it can be in the page): the small ones then read
+    only what falls before the big one's last key instead of their whole share plus
+    slack."""
+    segs: list[tuple[list[bytes], list[Any]]] = [([], []) for _ in sources]
+    cut: bytes | None = None  # nearest last key of a source with more
+    cut_open = reverse  # versions of `cut` may be unread: cut it too
+    tombs = False
+    read = 0  # entries read, visible or not
+    for i in sorted(range(len(sources)), key=wants.__getitem__, reverse=True):
+        lo, hi = start, end
+        if cut is not None:  # read only keys that can still be in the page
+            if reverse:
+                lo = cut + b"\0" if lo is None or cut >= lo else lo
+            else:
+                bound = cut if cut_open else cut + b"\0"
+                hi = bound if hi is None or bound < hi else hi
+            if lo is not None and hi is not None and lo >= hi:
+                continue
+        keys, values = segs[i]
+        want = wants[i] + reverse  # reverse: the last key read is cut off
+        _, kind, source = sources[i]
+        if kind == 2:
+            got, last, more, tb = _level_page(version, table_cache, source[0], source[1], lo,
+                                              hi, reverse, want, seq, keys, values)
+        elif kind == 1:
+            reader = version.readers.get(source.id)
+            if reader is None:
+                reader = version.readers[source.id] = table_cache.get(source.id, source.name)
+            got, last, more, tb = reader.read_page(lo, hi, reverse, want, seq, keys, values)
+        else:
+            entries, has_more = source.page(lo, hi, reverse, seq, want)
+            if not entries:
+                continue
+            if reverse:
+                entries.reverse()  # key order, as merge_page takes them
+            keys += map(_key_of, entries)
+            tb = not all(map(_kind_of, entries))
+            values += [e[3] if e[2] else None for e in entries] if tb else map(
+                _value_of, entries)
+            got = len(entries)
+            # one visible version per key: the last key read is whole
+            last = entries[0][0] if reverse else entries[-1][0]
+            more = (2 if reverse else 1) if has_more else 0
+        tombs |= tb
+        read += got
+        if more:
+            assert last is not None
+            if cut is None or (last > cut if reverse else last < cut):
+                cut, cut_open = last, more == 2
+            elif last == cut and more == 2:
+                cut_open = True
+    pairs = merge_page(segs, cut, cut_open, reverse, n, tombs)
+    if pairs.__class__ is int:  # hidden entries: add those the seq filter dropped
+        return pairs + read - sum(len(ks) for ks, _ in segs)  # type: ignore[operator]
+    return pairs
+
+
+def _level_page(version: Version, table_cache: TableCache, tables: tuple[TableMeta, ...],
+                largest: list[bytes], start: bytes | None, end: bytes | None, reverse: bool,
+                want: int, seq: int, keys: list[bytes],
+                values: list[Any]) -> tuple[int, bytes | None, int, bool]:
+    """One sorted level's share of a page, appended to `keys`/`values` (see
+    `TableReader.read_page`): returns (entries read, last key read or None, whether the
+    level may hold more as `read_page` says it, whether some value may be a tombstone's
+    None). A key never spans two tables of a level, so the tables' order in the lists does
+    not matter. Tables newer than `seq` are skipped whole."""
+    readers = version.readers
+    ntables = len(tables)
+    if reverse:
+        i = ntables - 1 if end is None else min(ntables - 1, bisect.bisect_left(largest, end))
+        step = -1
+    else:
+        i = 0 if start is None else bisect.bisect_left(largest, start)
+        step = 1
+    count = more = 0
+    last: bytes | None = None
+    tombs = False
+    while 0 <= i < ntables:
+        t = tables[i]
+        if (start is not None and t.largest < start) if reverse else (
+                end is not None and t.smallest >= end):
+            break
+        if t.seq_min > seq:  # nothing in it is visible at `seq`
+            i += step
+            continue
+        reader = readers.get(t.id)
+        if reader is None:
+            reader = readers[t.id] = table_cache.get(t.id, t.name)
+        got, tlast, more, tb = reader.read_page(start, end, reverse, want - count, seq, keys,
+                                                values)
+        if got:
+            count += got
+            last = tlast
+            tombs |= tb
+        if more:
+            break
+        i += step
+        if count >= want:
+            if 0 <= i < ntables:  # the next table may hold more in range; a key never
+                more = 1 if not reverse else 2  # spans tables: `last` is whole forward
+            break
+    return count, last, more, tombs
+
+
+def merge_page(segs: list[tuple[list[bytes], list[Any]]], cut: bytes | None,
+               cut_open: bool, reverse: bool, n: int,
+               tombs: bool) -> list[tuple[bytes, bytes]] | int:
+    """The first `n` visible pairs of a page scan from one read of each source, or, when
+    that read cannot tell them, how many entries read were hidden (older versions and
+    tombstones): a caller reads more, or with the general merge when many were.
+
+    `segs`: (keys, values) each source read, sources NEWEST first, each in key order with
+    a key's versions newest first (file order), versions newer than the scan's seq already
+    dropped, value None for a tombstone. In an LSM a newer source's version of a key is
+    newer than any older source's (point reads rely on it too), so the first occurrence of
+    a key in that order is its visible version.
+    `cut`: the nearest last key read (in scan order) of the sources that may hold more,
+    None if none may: keys past it are cut off (that source may still hold keys before
+    them), and so is `cut` itself when `cut_open` (its visible version may be unread: a
+    forward read sees a key's newest version first, a reverse one its oldest). `tombs`:
+    some value is None. Mutates nothing; every step is one C-level call but the
+    tombstone filter.
+
+    The pairs are sorted by key (timsort merges the sources' runs; the sort is stable, so
+    each key's first pair stays its visible version), the later pairs of a key dropped with
+    `compress`, and sliced.
+    """
+    pairs: list[tuple[bytes, Any]] = []
+    for keys, values in segs:
+        pairs += zip(keys, values, strict=True)
+    pairs.sort(key=_key_of)
+    ks = list(map(_key_of, pairs))
+    read = len(ks)
+    if any(map(eq, ks, islice(ks, 1, None))):  # several versions of a key
+        # the sort is stable: each key's first pair is its newest version; keep those
+        first = list(chain((True,), map(ne, ks, islice(ks, 1, None))))
+        pairs = list(compress(pairs, first))
+        ks = list(compress(ks, first))
+    full = pairs  # one pair per key
+    if cut is not None:
+        if reverse:
+            assert cut_open, "a reverse read may not hold the newest version of its last key"
+            pairs = pairs[bisect.bisect_right(ks, cut) :]
+        elif cut_open:
+            pairs = pairs[: bisect.bisect_left(ks, cut)]
+        else:
+            pairs = pairs[: bisect.bisect_right(ks, cut)]
+    if tombs:
+        pairs = [p for p in pairs if p[1] is not None]
+    if len(pairs) >= n:
+        return pairs[: -n - 1 : -1] if reverse else pairs[:n]
+    if cut is not None:  # hidden: older versions, and tombstones
+        return read - len(full) + (sum(p[1] is None for p in full) if tombs else 0)
+    if reverse:
+        pairs.reverse()
+    return pairs
 
 
 class CleanSource:

@@ -20,7 +20,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from itertools import accumulate, chain, islice, repeat
+from itertools import accumulate, chain, compress, islice, repeat
 from operator import add, itemgetter, lt, ne, neg
 from typing import Any
 
@@ -36,6 +36,7 @@ from keeldb.storage.block import (
     _STRUCT_FIELDS_MAX,
     _U64,
     BLOCK_HEADER,
+    DELETED,
     MISS,
     CachedBlock,
     _check_block,
@@ -47,8 +48,10 @@ from keeldb.storage.block import (
     _kinds,
     _layout,
     _seqs,
+    _struct_cache,
     _values,
     cached_block_bytes,
+    newest_fixed,
 )
 from keeldb.storage.bloom import BloomFilter
 from keeldb.storage.cache import BlockCache, pack_key
@@ -85,6 +88,8 @@ ADD_MANY_CHUNK_ENTRIES = 8192
 SEQ_MAX = (1 << 64) - 1
 
 _LITTLE = sys.byteorder == "little"
+_FIELDS_MAX = _STRUCT_FIELDS_MAX
+_parsers = _struct_cache
 assert array("I").itemsize == 4 and array("Q").itemsize == 8, "unsupported platform"
 
 
@@ -109,13 +114,25 @@ class ReadStats:
     tables_touched counts `get` calls on a table whose key range holds the key;
     bloom_false_positives counts probes the filter passed although the table held no version
     of the key; block_reads counts data blocks read from the file (cache misses).
+    Every such `get` probes the bloom filter, so `bloom_checks` is `tables_touched`; each
+    probe that passes looks its block up in the cache: a miss counts in `find_misses`, the
+    rest are `find_hits` (kept out of `BlockCache.hits`: one counter less per read).
     """
 
-    bloom_checks: int = 0
     bloom_useful: int = 0
     bloom_false_positives: int = 0
     tables_touched: int = 0
     block_reads: int = 0
+    find_misses: int = 0
+
+    @property
+    def bloom_checks(self) -> int:
+        return self.tables_touched
+
+    @property
+    def find_hits(self) -> int:
+        """Cache hits of point reads' first block lookups (not in `BlockCache.hits`)."""
+        return self.tables_touched - self.bloom_useful - self.find_misses
 
 
 # --- column helpers ---------------------------------------------------------------------
@@ -450,6 +467,8 @@ class TableReader:
     _offsets: list[int]
     _sizes: list[int]
     _cache_keys: list[int]
+    _slots: list[Any]
+    _refs: bytearray
     _bloom: BloomFilter
     _nblocks: int
     _pins: int
@@ -459,10 +478,10 @@ class TableReader:
     _meta: tuple[tuple[int, int], ...]
     _smallest: bytes
     _largest: bytes
-    _bloom_blocks: list[int]
+    _bloom_blocks: list[int] | array[int]  # 512-bit ints (filter kind 1) or u64 words (2)
     _bloom_n: int
-    _mask_a: list[int]
-    _mask_b: list[int]
+    _mask_a: list[int] | array[int]
+    _mask_b: list[int] | array[int]
 
     def __init__(self) -> None:
         raise TypeError("use TableReader.open(...)")
@@ -502,7 +521,10 @@ class TableReader:
         # empty table: largest b"" is below every (non-empty) key, so get() returns at once
         self._smallest, self._largest = self.props.smallest, self.props.largest
         self._bloom_blocks, self._bloom_n, self._mask_a, self._mask_b = self._bloom.probe_parts()
-        self._cache_keys = [pack_key(table_id, off) for off in self._offsets]
+        # Cached blocks are keyed by block number, so that the cache can keep them in this
+        # table's `_slots` too (BlockCache.register): a hit is `_slots[i]`, no hashing.
+        self._cache_keys = [pack_key(table_id, i) for i in range(self._nblocks)]
+        self._slots, self._refs = block_cache.register(table_id, self._nblocks)
         return self
 
     # -- opening
@@ -624,12 +646,16 @@ class TableReader:
         return block
 
     def _block(self, i: int) -> CachedBlock:
-        ck = self._cache_keys[i]
-        block = self._cache.get_packed(ck)
-        if block is None:
-            block = self._load_block(i)
-            self._cache.put_packed(ck, block, cached_block_bytes(block))
-        return block  # type: ignore[return-value]
+        block: CachedBlock | None = self._slots[i]
+        cache = self._cache
+        if block is not None:
+            self._refs[i] = 1
+            cache.hits += 1
+            return block
+        cache.misses += 1
+        block = self._load_block(i)
+        cache.put_packed(self._cache_keys[i], block, cached_block_bytes(block))
+        return block
 
     # -- reads
 
@@ -653,28 +679,22 @@ class TableReader:
         values, the search inside the raw block are inlined (each saved Python call is
         ~5-10 % of a read): `bytes.find` of the key in the keys column, kept only at an
         entry boundary, then the seq, kind and value are read at the entry's offsets.
+        The cache lookup is this table's slot list (BlockCache.register) and a CLOCK byte.
         """
         if key > self._largest or key < self._smallest:
             return None
         stats = self._stats
         stats.tables_touched += 1
-        stats.bloom_checks += 1
         m = self._mask_a[h & 0xFFF] | self._mask_b[(h >> 12) & 0xFFF]
         if self._bloom_blocks[((h >> 32) * self._bloom_n) >> 32] & m != m:
             stats.bloom_useful += 1
             return None
-        i = bisect_left(self._last_keys, key)
-        ck = self._cache_keys[i]
-        cache = self._cache
-        found = cache._entries.get(ck)
-        if found is None:
+        i = bisect_left(self._last_keys, key)  # < nblocks: key <= largest = last key
+        block: Any = self._slots[i]
+        if block is None:
+            stats.find_misses += 1
             return MISS
-        cache.hits += 1
-        try:
-            cache._entries.move_to_end(ck)
-        except KeyError:  # evicted by another thread meanwhile
-            pass
-        block: Any = found[0]
+        self._refs[i] = 1
         if block.__class__ is not bytes:
             return self._search(key, seq_max, i, block, False)
         n, kw, vw = _BLOCK_HEADER.unpack_from(block, 0)
@@ -698,6 +718,66 @@ class TableReader:
             return seq, block[key_at - n + j], block[end + j * vw : end + (j + 1) * vw]
         return self._search(key, seq_max, i, block, False)  # older versions follow
 
+    def find_value(self, key: bytes, h: int) -> Any:
+        """`find` of the newest version (no snapshot), for the engine's `get`: the value,
+        DELETED (a tombstone), None (no version here) or MISS (block not cached: call
+        `find_uncached(key, SEQ_MAX)`). Any version is visible, so the entry's seq is never
+        read (one memory line less) and no tuple is built; counts like `find`."""
+        if key > self._largest or key < self._smallest:
+            return None
+        stats = self._stats
+        stats.tables_touched += 1
+        m = self._mask_a[h & 0xFFF] | self._mask_b[(h >> 12) & 0xFFF]
+        if self._bloom_blocks[((h >> 32) * self._bloom_n) >> 32] & m != m:
+            stats.bloom_useful += 1
+            return None
+        i = bisect_left(self._last_keys, key)
+        block: Any = self._slots[i]
+        if block is None:
+            stats.find_misses += 1
+            return MISS
+        self._refs[i] = 1
+        if block.__class__ is not bytes:
+            found = self._search(key, SEQ_MAX, i, block, False)
+            return found if found is None or found is MISS else found[2] if found[1] else DELETED
+        n, kw, vw = _BLOCK_HEADER.unpack_from(block, 0)
+        if kw != len(key):
+            stats.bloom_false_positives += 1
+            return None
+        key_at = _HEADER_BYTES + 9 * n
+        end = key_at + kw * n
+        p = block.find(key, key_at, end)
+        while p >= 0:
+            r = (p - key_at) % kw
+            if not r:
+                break
+            p = block.find(key, p + kw - r, end)
+        else:
+            stats.bloom_false_positives += 1
+            return None
+        j = (p - key_at) // kw  # the key's first entry: its newest version
+        if block[key_at - n + j]:
+            return block[end + j * vw : end + (j + 1) * vw]
+        return DELETED
+
+    def find_value_uncached(self, key: bytes) -> Any:
+        """The rest of a `find_value` that returned MISS (not counted again): reads, checks
+        and caches the block (call with the lock that guards cache fills held), then searches
+        it in place; the value, DELETED or None. Cheaper than `find_uncached` + tuple: at a
+        cold cache (just after a compaction) a quarter of reads end here."""
+        if key > self._largest or key < self._smallest:
+            return None
+        i = bisect_left(self._last_keys, key)
+        block = self._block(i)
+        if block.__class__ is bytes:
+            value = newest_fixed(block, key)  # type: ignore[arg-type]
+        else:
+            found = self._search(key, SEQ_MAX, i, block)
+            return None if found is None else found[2] if found[1] else DELETED
+        if value is None:
+            self._stats.bloom_false_positives += 1
+        return value
+
     def find_uncached(self, key: bytes, seq_max: int) -> tuple[int, int, bytes] | None:
         """The rest of a `find` that returned MISS: reads the block (not counted again)."""
         if key > self._largest or key < self._smallest:
@@ -718,9 +798,10 @@ class TableReader:
                 if fill:
                     block = self._block(i)
                 else:
-                    block = self._cache.get_packed(self._cache_keys[i])  # type: ignore[assignment]
+                    block = self._slots[i]
                     if block is None:
                         return MISS
+                    self._refs[i] = 1
             lay = _layout(block)
             block = None
             n = lay[1]
@@ -752,6 +833,116 @@ class TableReader:
         next(runs)  # run to the pin, so that dropping the iterator always unpins
         # chain pulls one zip per block; entries then flow without a Python frame each
         return chain.from_iterable(runs)
+
+    def read_page(
+        self, start: bytes | None, end: bytes | None, reverse: bool, want: int, seq: int,
+        keys_out: list[bytes], values_out: list[Any],
+    ) -> tuple[int, bytes | None, int, bool]:  # fmt: skip
+        """Read the first `want` entries in [start, end) in scan order as one source of a
+        page scan (`merge.merge_page`): returns `(count, last, more, tombs)`.
+
+        Appends to `keys_out`/`values_out` the key and value of each entry read with
+        seq <= `seq` (value None for a tombstone), in file order (key ascending, a key's
+        versions newest first) whatever the direction. `count`: entries read (filtered
+        or not); `last`: key of the last one in scan order (None if none); `more`: 0 if
+        the table holds nothing more in range, else 1 when `last` is complete (forward, and
+        nothing here is newer than `seq`: its newest version was read first) or 2 when
+        versions of `last` may still follow; `tombs`: some value appended may be None.
+        Blocks of fixed-width columns are cut with one struct call per column and no
+        entry tuple is built. Call with the read lock held: blocks not cached are read
+        and cached.
+        """
+        if self._file_closed and self._reopen is None:
+            raise ClosedError(f"table {self._name!r} was closed; reopen it")
+        slots, refs = self._slots, self._refs
+        nblocks = self._nblocks
+        has_tombs = self.props.tombstones > 0
+        newer = seq < self.props.seq_max  # versions newer than the snapshot may be here
+        parts: list[tuple[Sequence[bytes], Sequence[Any]]] = []  # reverse: blocks, last first
+        last: bytes | None = None
+        count = hits = 0
+        tombs = more = False
+        if reverse:
+            i = nblocks - 1 if end is None else min(nblocks - 1, bisect_left(self._last_keys, end))
+        else:
+            i = 0 if start is None else bisect_left(self._last_keys, start)
+        while 0 <= i < nblocks:
+            block: Any = slots[i]
+            if block is None:
+                block = self._block(i)  # read, checked and cached (and counted) there
+            else:
+                hits += 1
+                refs[i] = 1  # CLOCK: referenced since the evictor's last pass
+            if block.__class__ is bytes and (
+                    head := _BLOCK_HEADER.unpack_from(block, 0))[0] <= _FIELDS_MAX:
+                lay: Any = None
+                body: bytes = block
+                n, kw, vw = head
+                kind_at = _HEADER_BYTES + 8 * n
+                keys: Sequence[bytes] = (_parsers.get((kw, n)) or _fixed_parser(kw, n)
+                                         ).unpack_from(block, kind_at + n)
+            else:
+                lay = _layout(block)
+                body, n, kind_at = lay[0], lay[1], lay[4]
+                keys = _keys(lay, 0, n)
+            if reverse:
+                hi = n if end is None else bisect_left(keys, end)
+                lo = 0 if start is None or keys[0] >= start else bisect_left(keys, start, 0, hi)
+                a, b = max(lo, hi - (want - count)), hi
+            else:
+                lo = 0 if start is None else bisect_left(keys, start)
+                hi = n if end is None or keys[-1] < end else bisect_left(keys, end, lo)
+                a, b = lo, (hi if hi - lo <= want - count else lo + want - count)
+            if b > a:
+                if lay is None:
+                    values: Sequence[Any] = (_parsers.get((vw, b - a)) or _fixed_parser(vw, b - a)
+                                             ).unpack_from(block, kind_at + n + kw * n + vw * a)
+                else:
+                    values = _values(lay, a, b)
+                ks = keys[a:b] if b - a < n else keys
+                if has_tombs and 0 in body[kind_at + a : kind_at + b]:
+                    tombs = True
+                    values = [v if kd else None
+                              for v, kd in zip(values, body[kind_at + a : kind_at + b], strict=True)]
+                if newer:
+                    seqs = array("Q", body[kind_at - 8 * (n - a) : kind_at - 8 * (n - b)])
+                    if not _LITTLE:
+                        seqs.byteswap()
+                    if max(seqs) > seq:
+                        ks = list(compress(ks, map(seq.__ge__, seqs)))
+                        values = list(compress(values, map(seq.__ge__, seqs)))
+                if reverse:
+                    parts.append((ks, values))
+                    last = keys[a]
+                else:
+                    keys_out += ks
+                    values_out += values
+                    last = keys[b - 1]
+                count += b - a
+            if reverse:
+                if a > lo:
+                    more = True
+                    break
+                if lo > 0 or i == 0:
+                    break
+                end = None
+                i -= 1
+            else:
+                if b < hi:
+                    more = True
+                    break
+                if hi < n or i == nblocks - 1:
+                    break
+                start = None
+                i += 1
+            if count >= want:
+                more = True  # the next block may hold more in range
+                break
+        self._cache.hits += hits
+        for ks, values in reversed(parts):  # a key's versions may span blocks: newest first
+            keys_out += ks
+            values_out += values
+        return count, last, (2 if reverse or newer else 1) if more else 0, tombs
 
     def _unpin(self) -> None:
         self._pins -= 1

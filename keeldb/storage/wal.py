@@ -32,6 +32,14 @@ from keeldb.ports import Disk, File
 HEADER = struct.Struct("<III")
 HEADER_BYTES = HEADER.size
 _LEN_CRC = struct.Struct("<II")
+# One op as msgpack bytes of [seq, [[kind, key, value]]], in three prebuilt pieces: fixarray 2
+# + uint64 seq (packed); fixarray 1, fixarray 3, fixint kind, bin8 header of the key (by kind
+# and key length); bin8 header of the value (by length). Valid msgpack (a non-minimal uint is
+# allowed), so the reader stays plain `msgpack.unpackb`.
+_SEQ_HEAD = struct.Struct(">HQ").pack
+_OP_HEAD = tuple(tuple(bytes((0x91, 0x93, kind, 0xC4, n)) for n in range(256)) for kind in (0, 1))
+_BIN8_HEAD = tuple(bytes((0xC4, n)) for n in range(256))
+_BIN8_MAX = 255
 # Smallest valid payload: msgpack of [seq, []] is at least 3 bytes.
 PAYLOAD_BYTES_MIN = 3
 
@@ -52,10 +60,28 @@ def encode_record(seq: int, ops: list[tuple[int, bytes, bytes]]) -> bytes:
             f"WAL record of {len(payload)} bytes is over wal_record_bytes_max="
             f"{limits.wal_record_bytes_max}; split the batch"
         )
+    return _frame(payload)
+
+
+def encode_one(seq: int, kind: int, key: bytes, value: bytes) -> bytes:
+    """`encode_record(seq, [(kind, key, value)])` for one checked op (a single put or
+    delete): keys and values under 256 bytes are framed from prebuilt pieces instead of a
+    msgpack encode; the payload decodes to the same batch."""
+    if len(key) > _BIN8_MAX or len(value) > _BIN8_MAX:
+        return encode_record(seq, [(kind, key, value)])
+    payload = b"".join((_SEQ_HEAD(0x92CF, seq), _OP_HEAD[kind][len(key)], key,
+                        _BIN8_HEAD[len(value)], value))
+    size = len(payload)
+    crc = crc32c(payload, 0, 0)
+    return HEADER.pack(size, crc, crc32c(_LEN_CRC.pack(size, crc), 0, 0)) + payload
+
+
+def _frame(payload: bytes) -> bytes:
     # gil_release_mode=0: hashing a batch takes microseconds; releasing the GIL for it would
     # hand the writer's core to another thread for a whole switch interval.
-    head = _LEN_CRC.pack(len(payload), crc32c(payload, 0, 0))
-    return b"".join((head, crc32c(head, 0, 0).to_bytes(4, "little"), payload))
+    size = len(payload)
+    crc = crc32c(payload, 0, 0)
+    return HEADER.pack(size, crc, crc32c(_LEN_CRC.pack(size, crc), 0, 0)) + payload
 
 
 class WalWriter:

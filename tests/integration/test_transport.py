@@ -312,3 +312,25 @@ def test_add_peer_dials_a_new_member_and_remove_peer_forgets_it(
             await closing(ta, tb, tc)
 
     run(main())
+
+
+def test_inbound_delay_holds_frames_in_order_until_heal() -> None:
+    async def main() -> None:
+        ta, tb, _, ib = await pair()
+        try:
+            ta.send(B, "warm")
+            await wait_until(lambda: ib.msgs(A) == ["warm"], "link up")
+            tb.set_faults(LinkFaults(delay_from=frozenset({A}), delay_ms=limits.fault_delay_ms_max))
+            for i in range(20):
+                ta.send(B, i)
+            await wait_until(lambda: tb.stats.received == 1 and ta.stats.sent == 21, "sent")
+            for _ in range(50):  # arrived, but held by the receiver for a long delay
+                await asyncio.sleep(0.001)
+            assert ib.msgs(A) == ["warm"]
+            tb.set_faults(LinkFaults())
+            await wait_until(lambda: len(ib.got) == 21, "held frames after heal")
+            assert ib.msgs(A) == ["warm", *range(20)]
+        finally:
+            await closing(ta, tb)
+
+    run(main())

@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from keeldb import limits
 from keeldb.codec.frame import FrameDecoder, encode_frame
@@ -157,10 +157,9 @@ class Transport:
         self._peers = {p: _Peer(p, a, send_queue_frames_max)
                        for p, a in sorted(peers.items()) if p != node}
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.StreamWriter] = set()
+        self._inbound: set[_Inbound] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
-        self._closing = asyncio.Event()
         self.faults = LinkFaults()
         self.stats = TransportStats()
 
@@ -169,8 +168,8 @@ class Transport:
     async def start(self) -> None:
         """Listen for inbound links (port 0 picks a free port, see `port`)."""
         assert self._server is None, "start() called twice"
-        self._server = await asyncio.start_server(
-            self._serve_inbound, self._listen[0], self._listen[1], reuse_address=True)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Inbound(self), self._listen[0], self._listen[1], reuse_address=True)
 
     @property
     def port(self) -> int:
@@ -237,9 +236,8 @@ class Transport:
                 peer.task.cancel()
             if peer.writer is not None:
                 peer.writer.close()
-        for w in list(self._inbound):
-            w.close()
-        self._closing.set()  # wakes inbound readers sleeping out a fault delay
+        for link in list(self._inbound):
+            link.close()
         tasks = [p.task for p in self._peers.values() if p.task] + list(self._tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
@@ -370,72 +368,10 @@ class Transport:
             self.stats.per_peer_sent[peer.id] = self.stats.per_peer_sent.get(peer.id, 0) + batch
 
     # --- receiving ---------------------------------------------------------------------------
+    # Inbound links are protocols, not stream tasks: each chunk read is decoded and delivered
+    # in the read callback itself (no task wakeup and no coroutine per message).
 
-    async def _serve_inbound(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        if self._closed or len(self._inbound) >= limits.peer_connections_in_max:
-            self.stats.inbound_refused += 1
-            log.warning("%s: refusing inbound peer connection from %s (%d open, max %d)",
-                        self.node, writer.get_extra_info("peername"), len(self._inbound),
-                        limits.peer_connections_in_max)
-            writer.close()
-            return
-        self._inbound.add(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            await self._read_inbound(reader, writer)
-        except FrameError as exc:
-            self.stats.bad_frames += 1
-            log.error("%s: closing inbound connection from %s: %s", self.node,
-                      writer.get_extra_info("peername"), exc.message)
-        except (OSError, ConnectionError) as exc:
-            log.info("%s: inbound connection ended: %s", self.node, exc)
-        finally:
-            self._inbound.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
-
-    async def _read_inbound(self, reader: asyncio.StreamReader,
-                            writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder(frame_bytes_max=self._frame_bytes_max)
-        src: NodeId | None = None
-        while not self._closed:
-            data = await reader.read(READ_CHUNK_BYTES)
-            if not data:
-                return
-            arrived = time.monotonic_ns()
-            for msg in decoder.feed(data):
-                if src is None:
-                    src = self._hello_sender(msg, writer)
-                    if src is None:
-                        return
-                    continue
-                await self._deliver(src, msg, arrived)
-            if decoder.failed is not None:
-                raise decoder.failed
-
-    def _hello_sender(self, msg: Any, writer: asyncio.StreamWriter) -> NodeId | None:
-        sender = msg.get(HELLO) if isinstance(msg, dict) else None
-        if sender not in self._peers:
-            self.stats.inbound_refused += 1
-            log.error("%s: closing inbound connection from %s: first frame %r is not a hello "
-                      "from a known peer (%s)", self.node, writer.get_extra_info("peername"),
-                      repr(msg)[:100],
-                      ", ".join(self._peers))
-            return None
-        return NodeId(sender)
-
-    async def _deliver(self, src: NodeId, msg: Any, arrived_ns: int) -> None:
-        faults = self.faults
-        if faults.delay_ms and src in faults.delay_from:
-            wait_ns = arrived_ns + faults.delay_ms * 1_000_000 - time.monotonic_ns()
-            if wait_ns > 0:
-                try:
-                    await asyncio.wait_for(self._closing.wait(), wait_ns / 1e9)
-                except TimeoutError:
-                    pass
+    def _deliver_now(self, src: NodeId, msg: Any) -> None:
         if self._closed:
             return
         if src in self.faults.drop_from:
@@ -445,6 +381,15 @@ class Transport:
         self.stats.per_peer_received[src] = self.stats.per_peer_received.get(src, 0) + 1
         self._on_message(src, msg)
 
+    def _hello_sender(self, msg: Any, peername: Any) -> NodeId | None:
+        sender = msg.get(HELLO) if isinstance(msg, dict) else None
+        if sender not in self._peers:
+            self.stats.inbound_refused += 1
+            log.error("%s: closing inbound connection from %s: first frame %r is not a hello "
+                      "from a known peer (%s)", self.node, peername, repr(msg)[:100],
+                      ", ".join(self._peers))
+            return None
+        return NodeId(sender)
     # --- faults and status -------------------------------------------------------------------
 
     def set_faults(self, faults: LinkFaults) -> None:
@@ -458,6 +403,8 @@ class Transport:
         self.faults = faults
         for peer in self._peers.values():
             peer.wakeup.set()  # re-check delays now
+        for link in list(self._inbound):
+            link.recheck()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -469,3 +416,115 @@ class Transport:
             "connected": sorted(p for p, peer in self._peers.items() if peer.writer),
             "inbound": len(self._inbound),
         }
+
+
+class _Inbound(asyncio.Protocol):
+    """One inbound link: frames in, messages delivered from the read callback.
+
+    The first frame must be a hello from a known peer. A `delay_from` fault holds messages
+    on a per-link queue (in order) and delivers them when due; while more than
+    `send_queue_frames_max` wait, reading pauses (TCP pushes back on the sender).
+    """
+
+    def __init__(self, owner: Transport) -> None:
+        self.owner = owner
+        self.decoder = FrameDecoder(frame_bytes_max=owner._frame_bytes_max)
+        self.src: NodeId | None = None
+        self.transport: asyncio.Transport | None = None
+        self.held: deque[tuple[int, Any]] = deque()  # (arrived_ns, msg) under a delay fault
+        self.timer: asyncio.Handle | None = None
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports do not subclass asyncio.Transport; they have its methods)
+        self.transport = cast(asyncio.Transport, transport)
+        o = self.owner
+        if o._closed or len(o._inbound) >= limits.peer_connections_in_max:
+            o.stats.inbound_refused += 1
+            log.warning("%s: refusing inbound peer connection from %s (%d open, max %d)",
+                        o.node, transport.get_extra_info("peername"), len(o._inbound),
+                        limits.peer_connections_in_max)
+            self.transport.close()
+            return
+        o._inbound.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.info("%s: inbound connection ended: %s", self.owner.node, exc)
+        self.owner._inbound.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.held.clear()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        o = self.owner
+        assert self.transport is not None
+        if o._closed or self.transport.is_closing():
+            return
+        arrived = 0
+        try:
+            msgs = self.decoder.feed(data)
+        except FrameError:
+            msgs = []  # reported below: `failed` is set
+        for msg in msgs:
+            src = self.src
+            if src is None:
+                self.src = o._hello_sender(msg, self.transport.get_extra_info("peername"))
+                if self.src is None:
+                    self.transport.close()
+                    return
+                continue
+            faults = o.faults
+            if self.held or (faults.delay_ms and src in faults.delay_from):
+                arrived = arrived or time.monotonic_ns()
+                self._hold(arrived, msg)
+            else:
+                o._deliver_now(src, msg)
+            if self.transport.is_closing():
+                return
+        failed = self.decoder.failed
+        if failed is not None:
+            o.stats.bad_frames += 1
+            log.error("%s: closing inbound connection from %s: %s", o.node,
+                      self.transport.get_extra_info("peername"), failed.message)
+            self.transport.close()
+
+    def _hold(self, arrived_ns: int, msg: Any) -> None:
+        self.held.append((arrived_ns, msg))
+        if len(self.held) >= self.owner._queue_max and not self.paused:
+            assert self.transport is not None
+            self.paused = True
+            self.transport.pause_reading()
+        if self.timer is None:
+            self._release()
+
+    def recheck(self) -> None:
+        """The faults changed: deliver what is no longer held (now, on the loop)."""
+        if self.held and self.timer is not None:
+            self.timer.cancel()
+            self.timer = asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        """Deliver the held messages that are due (all of them once the fault is healed)."""
+        self.timer = None
+        o = self.owner
+        while self.held and not o._closed:
+            arrived, msg = self.held[0]
+            faults = o.faults
+            if faults.delay_ms and self.src in faults.delay_from:
+                wait_ns = arrived + faults.delay_ms * 1_000_000 - time.monotonic_ns()
+                if wait_ns > 0:
+                    loop = asyncio.get_running_loop()
+                    self.timer = loop.call_later(wait_ns / 1e9, self._release)
+                    return
+            self.held.popleft()
+            assert self.src is not None
+            o._deliver_now(self.src, msg)
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from keeldb import limits
@@ -32,6 +33,7 @@ from keeldb.types import NodeId
 log = logging.getLogger("keeldb.world")
 
 ReplyRoute = Callable[[Reply], None]
+_IoJob = tuple[Callable[[], IoResult], Callable[[IoResult], None]]
 
 
 class RealWorld:
@@ -45,8 +47,11 @@ class RealWorld:
         self._transport = transport
         self._loop = loop
         self._clock = clock or MonotonicClock()
-        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="keeldb-io")
-                          if io_in_thread else None)
+        # One disk thread fed by a SimpleQueue, completing through call_soon_threadsafe:
+        # cheaper per job than an executor (no concurrent and asyncio futures chained).
+        self._io_in_thread = io_in_thread
+        self._io_jobs: queue.SimpleQueue[_IoJob | None] = queue.SimpleQueue()
+        self._io_thread: threading.Thread | None = None
         self.reply_route: ReplyRoute | None = None
         self.on_halt: Callable[[str], None] | None = None
         # Asked before each disk job: True = run it on the loop (see submit_io). The host
@@ -82,7 +87,7 @@ class RealWorld:
         self._mine(node)
         if self.closed:
             return  # shutting down: the driver treats the node as gone anyway
-        if self._executor is None:
+        if not self._io_in_thread:
             complete(perform())
             return
         if self.inline_io is not None and self.inline_io():
@@ -91,17 +96,38 @@ class RealWorld:
             self.inline_jobs += 1
             self._loop.call_soon(self._run_inline, perform, complete)
             return
-        future = self._loop.run_in_executor(self._executor, perform)
+        if self._io_thread is None:
+            self._io_thread = threading.Thread(target=self._io_worker, name="keeldb-io",
+                                               daemon=True)
+            self._io_thread.start()
+        assert self._io_jobs.qsize() < 2, "the driver submits one disk job at a time"
+        self._io_jobs.put((perform, complete))
 
-        def done(f: asyncio.Future[IoResult]) -> None:
-            exc = f.exception()
-            if exc is not None:  # not a KeeldbError (the driver turns those into ok=False)
-                log.critical("%s: disk op crashed: %r", self.node, exc)
-                self.halted(self.node, f"disk op crashed: {exc!r}")
+    def _io_worker(self) -> None:
+        """The disk thread: run each job, hand its result back to the loop."""
+        while True:
+            job = self._io_jobs.get()
+            if job is None:
                 return
-            complete(f.result())
+            perform, complete = job
+            try:
+                result: IoResult | None = perform()
+                exc: BaseException | None = None
+            except Exception as e:  # not a KeeldbError (the driver turns those into ok=False)
+                result, exc = None, e
+            try:
+                self._loop.call_soon_threadsafe(self._io_done, complete, result, exc)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits for the result
 
-        future.add_done_callback(done)
+    def _io_done(self, complete: Callable[[IoResult], None], result: IoResult | None,
+                 exc: BaseException | None) -> None:
+        if exc is not None or result is None:
+            log.critical("%s: disk op crashed: %r", self.node, exc)
+            self.halted(self.node, f"disk op crashed: {exc!r}")
+            return
+        complete(result)
+        self._flush_sends()  # e.g. a follower's ack, held until this sync: now, not a turn later
 
     def _run_inline(self, perform: Callable[[], IoResult],
                     complete: Callable[[IoResult], None]) -> None:
@@ -115,6 +141,7 @@ class RealWorld:
             self.halted(self.node, f"disk op crashed: {exc!r}")
             return
         complete(result)
+        self._flush_sends()  # e.g. a follower's ack, held until this sync: now, not a turn later
         self._flush_sends()  # e.g. a follower's ack, held until this sync: send it now
 
     def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
@@ -160,5 +187,7 @@ class RealWorld:
     def close(self) -> None:
         """Accept no more disk ops or timers and wait for the disk op in flight, if any."""
         self.closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        if self._io_thread is not None:
+            self._io_jobs.put(None)  # after the job in flight, if any
+            self._io_thread.join()
+            self._io_thread = None

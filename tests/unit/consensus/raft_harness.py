@@ -237,6 +237,14 @@ class Network:
         n.storage.compact(max(applied - keep, n.storage.first_index() - 1))
         return applied
 
+    def heartbeat(self) -> list[Message]:
+        """One heartbeat round of the leader, settled: followers learn its commit index
+        (a commit alone sends nothing to a caught-up follower, see Raft._bcast_commit)."""
+        lead = self.leader()
+        assert lead is not None, "no leader to send heartbeats"
+        self.tick(lead)
+        return self.stabilize()
+
     def leader(self) -> NodeId | None:
         best: tuple[int, NodeId] | None = None
         for i, n in self.nodes.items():

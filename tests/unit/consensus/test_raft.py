@@ -10,9 +10,10 @@ from raft_harness import Network, nid
 from keeldb.consensus.confchange import ConfChange, ConfChangeType
 from keeldb.consensus.messages import NONE, HardState, Message, MsgType, Role
 from keeldb.consensus.progress import ProgressState
-from keeldb.consensus.raft import Config, Raft
+from keeldb.consensus.raft import NO_REPLY, Config, Raft
 from keeldb.consensus.storage import MemoryStorage
 from keeldb.errors import ConfChangeRefusedError, ConfigError, ProposalDroppedError
+from keeldb.types import NodeId
 
 
 def three(**cfg: object) -> Network:
@@ -186,11 +187,66 @@ def test_leader_appends_an_empty_entry_on_election() -> None:
     assert e.term == r.term and e.data == b""
 
 
+def test_a_commit_alone_sends_nothing_to_caught_up_followers() -> None:
+    net = three()
+    net.propose(1, b"w")
+    sent = net.stabilize()
+    apps = [m for m in sent if m.type == MsgType.APP]
+    assert apps and all(m.entries for m in apps), "an empty append carried only the commit"
+    last = net.raft(1).log.last_index()
+    assert net.raft(1).log.committed == last
+    assert net.raft(2).log.committed < last and net.raft(3).log.committed < last
+    beat = net.heartbeat()  # the heartbeat carries the commit index
+    assert {m.commit for m in beat if m.type == MsgType.HEARTBEAT} == {last}
+    assert net.raft(2).log.committed == net.raft(3).log.committed == last
+
+
+def test_a_forwarding_follower_learns_its_commit_at_once_and_does_not_ack_it() -> None:
+    net = three()
+    net.propose(2, b"from 2")  # forwarded to the leader: node 2's client waits for it
+    sent = net.stabilize()
+    last = net.raft(1).log.last_index()
+    assert net.raft(2).log.committed == last, "the forwarding follower waits for no heartbeat"
+    assert net.raft(3).log.committed < last
+    notices = [m for m in sent if m.type == MsgType.APP and not m.entries]
+    assert [(m.to, m.commit, m.context) for m in notices] == [(nid(2), last, NO_REPLY)]
+    acks = [m for m in sent if m.type == MsgType.APP_RESP and m.frm == nid(2)]
+    assert len(acks) == 1, "only the append with the entry is acknowledged"
+    net.propose(1, b"from 1")  # nothing forwarded since: no notice
+    sent = net.stabilize()
+    assert not [m for m in sent if m.type == MsgType.APP and not m.entries]
+
+
+def test_a_streaming_follower_gets_no_periodic_heartbeat_but_a_bounded_lag() -> None:
+    net = three()
+    net.tick(1)  # a first beat to everyone
+    net.stabilize()
+
+    def beats() -> list[NodeId]:
+        net.tick(1)
+        return [m.to for m in net.stabilize() if m.type == MsgType.HEARTBEAT]
+
+    net.propose(1, b"w")
+    net.stabilize()
+    assert beats() == [], "both acknowledged an append since the last beat"
+    assert beats() == [nid(2), nid(3)], "no append since: the beat carries the commit"
+    last = net.raft(1).log.last_index()
+    assert net.raft(2).log.committed == net.raft(3).log.committed == last
+    skip_ticks = net.raft(1).cfg.election_ticks // 2
+    sent = []
+    for i in range(2 * skip_ticks):  # appends every tick: a beat still every skip_ticks
+        net.propose(1, b"s%d" % i)
+        net.stabilize()
+        sent.append(beats())
+    assert sent.count([nid(2), nid(3)]) == 2 and sent.count([]) == 2 * skip_ticks - 2
+
+
 def test_entries_carry_opaque_bytes() -> None:
     net = three()
     blob = bytes(range(256)) * 3
     net.propose(1, blob)
     net.stabilize()
+    net.heartbeat()
     for n in net.nodes.values():
         assert any(d == blob for _, d in n.sm.values())
 
@@ -370,6 +426,7 @@ def test_compaction_drops_entries_and_leader_still_serves() -> None:
     assert net.nodes[nid(1)].storage.first_index() == at - 1
     net.propose(1, b"after")
     net.stabilize()
+    net.heartbeat()
     assert net.raft(2).log.committed == net.raft(1).log.committed
 
 
@@ -427,6 +484,7 @@ def test_removed_leader_steps_down_after_the_change_commits() -> None:
     assert lead in (nid(2), nid(3)) and net.raft(lead).conf.voters == (nid(2), nid(3))
     net.propose(lead, b"still serving")
     net.stabilize()
+    net.heartbeat()
     assert net.raft(2).log.committed == net.raft(3).log.committed == net.raft(lead).log.last_index()
 
 

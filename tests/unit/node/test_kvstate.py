@@ -320,3 +320,69 @@ def test_snapshot_over_its_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(limits, "raft_snapshot_bytes_max", 50)
     with pytest.raises(LimitExceededError, match="raft_snapshot_bytes_max=50"):
         log.sm.snapshot()
+
+
+class CountingEngine(FailingEngine):
+    writes = 0
+
+    def write(self, ops: list[tuple[int, bytes, bytes]], sync: bool = False) -> int:
+        self.writes += 1
+        return super().write(ops, sync)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grouped_batches_apply_as_one_write_and_read_their_own_writes(seed: int) -> None:
+    rng = random.Random(f"{seed}:groups")
+    plain = KvStateMachine(MemoryEngine())
+    engine = CountingEngine()
+    grouped = KvStateMachine(engine)
+    batches = random_batches(seed, 300)
+    groups = 0
+    i = 0
+    while i < len(batches):
+        size = rng.randrange(1, 20)
+        grouped.begin_group()
+        groups += 1
+        for j, (batch, now) in enumerate(batches[i:i + size], start=i + 1):
+            assert grouped.apply(batch, index=j, now_ms=now) == plain.apply(batch, index=j,
+                                                                           now_ms=now)
+            # reads and scans inside the group see its deferred writes
+            scan: list[kv.Request] = [Scan(b"", None, 3), Keys(b"*"), DbSize()]
+            assert grouped.read(scan, now_ms=now) == plain.read(scan, now_ms=now)
+        grouped.end_group()
+        i += size
+    assert engine.writes == groups
+    assert grouped.snapshot() == plain.snapshot()
+    assert KvStateMachine(engine).snapshot() == plain.snapshot()  # all of it reached the engine
+
+
+def test_a_group_over_its_bound_writes_whole_batches_early(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "kv_apply_group_ops_max", 3)  # a SET of a new key: 1 op
+    engine = CountingEngine()
+    log = Log(KvStateMachine(engine))
+    log.sm.begin_group()
+    for i in range(10):
+        log.one(Set(b"k%d" % i, b"v"))
+        # what reached the engine is always the state after some whole batch
+        stored = KvStateMachine(engine)
+        assert stored.key_count == stored.applied_index
+    log.sm.end_group()
+    assert 1 < engine.writes < 10
+    assert KvStateMachine(engine).key_count == 10
+
+
+def test_a_failed_group_write_leaves_memory_as_the_engine() -> None:
+    engine = FailingEngine()
+    log = Log(KvStateMachine(engine))
+    log.one(Set(b"a", b"1"))
+    log.sm.begin_group()
+    log.one(Set(b"b", b"1"))
+    log.apply(Del((b"a",)), session=(1, 1))
+    assert log.sm.read([Keys(b"*")], now_ms=T0) == [[b"b"]]
+    engine.fail = True
+    with pytest.raises(StorageIOError):
+        log.sm.end_group()
+    assert log.sm.group_lost and not log.sm.grouping
+    assert (log.sm.applied_index, log.sm.key_count, log.sm.sessions) == (1, 1, 0)
+    assert log.sm.read([Keys(b"*")], now_ms=T0) == [[b"a"]]

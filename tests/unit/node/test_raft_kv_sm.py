@@ -146,3 +146,52 @@ def test_log_time_is_replicated_state_restart_and_snapshot_agree() -> None:
     fresh.last_now_ms = 5
     fresh.restore(old)
     assert fresh.last_now_ms == 0
+
+
+def test_commands_of_older_builds_still_decode() -> None:
+    batch = kv.Batch((kv.Set(b"k", b"v"),), (), (7, 1))
+    old = msgpack.packb([T0, kv.encode_batch(batch)], use_bin_type=True)
+    assert decode_command(old) == (T0, batch)
+
+
+def test_a_host_groups_the_entries_it_applies_in_one_turn() -> None:
+    engine = MemoryEngine()
+    sm = RaftKvSM(kv.KvStateMachine(engine))
+    begun: list[int] = []
+    sm.on_group_begun = lambda: begun.append(sm.kv.applied_index)
+    write(sm, 1, kv.Set(b"a", b"1"))
+    write(sm, 2, kv.Set(b"b", b"2"))
+    assert begun == [0] and sm.kv.grouping
+    assert read(sm, kv.MGet((b"a", b"b"))) == ([b"1", b"2"],)
+    assert kv.KvStateMachine(engine).applied_index == 0  # deferred until the turn ends
+    sm.kv.end_group()
+    assert kv.KvStateMachine(engine).applied_index == 2
+    write(sm, 3, kv.Del((b"a",)))
+    assert begun == [0, 2]
+    snap = sm.snapshot()  # a snapshot writes what is deferred first
+    assert kv.KvStateMachine(engine).applied_index == 3 and msgpack.unpackb(snap)[1] == 3
+
+
+def test_a_proposer_applies_its_remembered_batches_without_decoding(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from keeldb import limits
+    from keeldb.node import raft_kv_sm
+    monkeypatch.setattr(limits, "kv_proposed_batches_max", 2)
+    decoded: list[bytes] = []
+    real = raft_kv_sm.decode_command
+
+    def counting(data: bytes) -> tuple[int, kv.Batch]:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(raft_kv_sm, "decode_command", counting)
+    sm = RaftKvSM(kv.KvStateMachine(MemoryEngine()))
+    cmds = []
+    for i in range(3):
+        batch = kv.Batch((kv.Set(b"k%d" % i, b"v"),))
+        cmds.append(encode_command(batch, T0)[1])
+        sm.remember(cmds[-1], T0, batch)
+    for i, cmd in enumerate(cmds, start=1):
+        assert sm.apply(i, cmd)[0] == "ok"
+    assert decoded == [cmds[0]]  # only the one forgotten past the bound was decoded
+    assert read(sm, kv.MGet((b"k0", b"k1", b"k2"))) == ([b"v", b"v", b"v"],)

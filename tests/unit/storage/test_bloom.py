@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ from keeldb.storage.bloom import (
 
 
 def test_false_positive_rate_at_10_bits_per_key() -> None:
-    # 100k present, 100k absent keys: the blocked layout measures ~1.1 % here.
+    # 100k present, 100k absent keys: kind 2 (64-bit words, the default up to 12 bits/key)
+    # measures ~1.8 % here, kind 1 (512-bit blocks) ~1.1 %.
     rate = measure_false_positive_rate(100_000, 100_000, 10)
     assert 0.001 < rate < 0.02, rate
 
@@ -91,14 +93,18 @@ def test_vectorised_build_sets_the_same_bits_as_the_int_loop(bits: int, count: i
 
     hashes = [xxh3_64_intdigest(b"key-%d" % i) for i in range(count)]
     built = BloomFilter.build_from_hashes(hashes, bits, distinct=count)
-    k = bloom.probes_for(bits)
+    words = bits <= bloom.WORD_KIND_BITS_MAX  # kind 2: 64-bit words, mask tables 2 and 3
+    assert built.kind == (bloom.FILTER_KIND_WORD64 if words else bloom.FILTER_KIND_BLOCKED512)
+    k = bloom.word_probes_for(bits) if words else bloom.probes_for(bits)
     ka, kb = k - k // 2, k // 2
-    nblocks = blocks_for(count, bits)
-    mask_a, mask_b = bloom._mask_table(0, ka), bloom._mask_table(1, kb)
+    nblocks = blocks_for(count, bits) * (8 if words else 1)
+    mask_a = bloom._mask_table(2 if words else 0, ka)
+    mask_b = bloom._mask_table(3 if words else 1, kb)
     want = [0] * nblocks
     for h in hashes:
         want[((h >> 32) * nblocks) >> 32] |= mask_a[h & 0xFFF] | mask_b[(h >> 12) & 0xFFF]
-    assert built.probe_parts()[0] == want
+    assert list(built.probe_parts()[0]) == want
+    assert all(m < 1 << (64 if words else 512) for m in mask_a)
 
 
 def test_build_from_a_hash_array_equals_build_from_an_int_list() -> None:
@@ -113,3 +119,37 @@ def test_build_from_a_hash_array_equals_build_from_an_int_list() -> None:
     from_array = BloomFilter.build_from_hashes(array("Q", hashes), 10, distinct=3000)
     assert from_array.to_bytes() == from_list.to_bytes()
     assert all(map(from_array.may_contain, (b"key%d" % i for i in range(3000))))
+
+
+def test_kind_1_filters_of_older_tables_still_load_and_answer() -> None:
+    """Tables written before kind 2 hold kind-1 filters at 10 bits/key: still readable."""
+    from xxhash import xxh3_64_intdigest
+
+    from keeldb.storage import bloom
+
+    keys = [b"old-%d" % i for i in range(3000)]
+    nblocks, k = blocks_for(len(keys), 10), bloom.probes_for(10)
+    ka, kb = k - k // 2, k // 2
+    mask_a, mask_b = bloom._mask_table(0, ka), bloom._mask_table(1, kb)
+    blocks = [0] * nblocks
+    for h in map(xxh3_64_intdigest, keys):  # the kind-1 reference loop
+        blocks[((h >> 32) * nblocks) >> 32] |= mask_a[h & 0xFFF] | mask_b[(h >> 12) & 0xFFF]
+    data = BloomFilter(blocks, ka, kb).to_bytes()
+    assert data[0] == bloom.FILTER_KIND_BLOCKED512
+    loaded = BloomFilter.from_bytes(data)
+    assert loaded.kind == bloom.FILTER_KIND_BLOCKED512 and loaded.to_bytes() == data
+    assert all(map(loaded.may_contain, keys))
+    assert false_positive_rate(loaded, [b"new-%d" % i for i in range(20_000)]) < 0.02
+
+
+def test_kind_2_header_is_checked() -> None:
+    from keeldb.storage import bloom
+
+    good = BloomFilter.build([b"k%d" % i for i in range(100)], 10).to_bytes()
+    assert good[0] == bloom.FILTER_KIND_WORD64
+    with pytest.raises(ValueError):
+        BloomFilter.from_bytes(good[:-8])  # one word short
+    odd = bytearray(good)
+    struct.pack_into("<I", odd, 3, (len(good) - 7) // 8 - 1)  # not a multiple of 8 words
+    with pytest.raises(ValueError):
+        BloomFilter.from_bytes(bytes(odd[:-8]))

@@ -158,3 +158,61 @@ def test_table_cache_missing_file_is_corruption() -> None:
     with pytest.raises(CorruptionError) as info:
         cache.get(9, "9.sst")
     assert info.value.path == "9.sst"
+
+
+# --- registered tables: slots + CLOCK (sget) -------------------------------------------------
+
+
+def _resident(cache: BlockCache, table_id: int, nblocks: int) -> list[bool]:
+    """Which blocks of a registered table the cache's entries hold."""
+    return [cache.get_packed(pack_key(table_id, i)) is not None for i in range(nblocks)]
+
+
+def test_slots_mirror_the_cached_blocks_of_a_registered_table() -> None:
+    cache = BlockCache(100)
+    slots, refs = cache.register(5, 6)
+    assert cache.register(5, 6)[0] is slots  # a reopened reader shares them
+    for i in range(6):
+        cache.put_packed(pack_key(5, i), f"b{i}", 30)
+        assert [s is not None for s in slots] == [
+            k in cache._entries for k in (pack_key(5, j) for j in range(6))]
+    assert [s for s in slots if s is not None] == ["b3", "b4", "b5"] and cache.bytes == 90
+    cache.put_packed(pack_key(5, 4), "b4'", 20)  # replacing keeps the slot current
+    assert slots[4] == "b4'" and cache.bytes == 80
+    cache.evict_table(5)
+    assert slots == [None] * 6 and cache.bytes == 0 and len(cache) == 0
+    assert cache.register(5, 6)[0] is not slots  # after evict_table: fresh arrays
+
+
+def test_clock_gives_referenced_blocks_a_second_chance() -> None:
+    cache = BlockCache(90)
+    slots, refs = cache.register(1, 8)
+    for i in range(3):
+        cache.put_packed(pack_key(1, i), i, 30)
+    refs[0] = 1  # block 0 was read through its slot (the lock-free hot path)
+    cache.put_packed(pack_key(1, 3), 3, 30)  # evicts 1, the oldest unreferenced block
+    assert [s is not None for s in slots[:4]] == [True, False, True, True]
+    assert refs[0] == 0  # its chance is used up: next time it goes unless read again
+    cache.put_packed(pack_key(1, 4), 4, 30)
+    assert [s is not None for s in slots[:5]] == [True, False, False, True, True]
+    cache.put_packed(pack_key(1, 5), 5, 30)  # block 0 went to the young end: 3 goes
+    assert [s is not None for s in slots[:6]] == [True, False, False, False, True, True]
+    cache.put_packed(pack_key(1, 6), 6, 30)
+    assert slots[0] is None and cache.bytes == 90
+    refs[4] = refs[5] = refs[6] = 1  # everything referenced: one sweep clears, then evicts
+    cache.put_packed(pack_key(1, 7), 7, 30)
+    assert [s is not None for s in slots[4:8]] == [False, True, True, True]
+    assert not any(refs) and cache.bytes == 90
+
+
+def test_reader_hits_through_slots_keep_the_hot_block_cached() -> None:
+    disk = MemoryDisk()
+    _write(disk, "t.sst", n=5000)
+    cache = BlockCache(40_000)  # a few blocks of the table
+    reader = TableReader.open(disk.open("t.sst"), 1, cache, ReadStats())
+    hot = b"key%09d" % 0
+    for i in range(0, 5000, 11):  # a cold sweep, with the hot key read in between
+        assert reader.get(b"key%09d" % i, 5) is not None
+        assert reader.get(hot, 5) is not None
+    assert reader._slots[0] is not None and cache.bytes <= 40_000
+    assert sum(s is not None for s in reader._slots) == len(cache) < reader._nblocks

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from keeldb import limits
 from keeldb.errors import BackgroundJobError
 from keeldb.runtime.memdisk import MemoryDisk
 from keeldb.storage import jobs
@@ -93,11 +94,17 @@ def _table_bytes(disk: MemoryDisk, name: str) -> bytes:
         f.close()
 
 
+@pytest.mark.parametrize("step", [2048, 7, 1])
 @pytest.mark.parametrize("old_versions", [False, True])
-def test_worker_flush_from_sorted_runs_writes_the_inline_table(old_versions: bool) -> None:
+def test_worker_flush_from_sorted_runs_writes_the_inline_table(
+        old_versions: bool, step: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker sorts each shipped frame into a packed run and merges the runs as it
-    writes (bounded memory); the table must be byte-identical to the inline flush."""
+    writes (bounded memory); the table must be byte-identical to the inline flush. `step`
+    (entries decoded per run and merge round) below the run length makes the merge cut
+    runs mid-way, at every possible position when 1."""
     from keeldb.runtime.real import compactor
+
+    monkeypatch.setattr(limits, "worker_merge_run_entries", step)
 
     rng = random.Random(f"jobs:runs:{old_versions}")
     if old_versions:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
@@ -198,3 +199,26 @@ def test_first_chunk_hint_bounds_the_lookups() -> None:
     it = m.iter(b"0100", None, False, 1, first=20)
     assert [e[0] for e in itertools.islice(it, 20)] == [b"%04d" % i for i in range(100, 120)]
     assert CountingDict.lookups == 20
+
+
+def test_apply_one_matches_a_batch_of_one() -> None:
+    """The single put's memtable insert leaves the same state as `apply` of one op, with
+    and without live snapshots (old versions kept or dropped alike)."""
+    rng = random.Random("memtable:apply_one")
+    one, batch = Memtable(wal_number=1), Memtable(wal_number=1)
+    for seq in range(1, 600):
+        key = b"k%03d" % rng.randrange(150)
+        kind = KIND_DELETE if rng.random() < 0.1 else KIND_PUT
+        value = b"" if kind == KIND_DELETE else b"v%d" % seq
+        snapshot_max = rng.choice([-1, seq - 1, seq // 2])
+        one.apply_one(seq, kind, key, value, len(key) + len(value), snapshot_max)
+        batch.apply(seq, [(kind, key, value)], len(key) + len(value), snapshot_max)
+        if seq % 97 == 0:
+            assert one.sorted_keys() == batch.sorted_keys()
+    assert one.table == batch.table and one.old == batch.old
+    assert (one.bytes, one.versions, one.seq_min, one.seq_max) == \
+        (batch.bytes, batch.versions, batch.seq_min, batch.seq_max)
+    assert one.sorted_keys() == batch.sorted_keys() == sorted(one.table)
+    one.freeze()
+    with pytest.raises(AssertionError):
+        one.apply_one(600, KIND_PUT, b"k", b"v", 2, -1)

@@ -14,7 +14,15 @@ from keeldb.storage.cache import BlockCache
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Options
 from keeldb.storage.lsm import LsmEngine
 from keeldb.storage.merge import VisibleMerger, page_pairs
-from keeldb.storage.sstable import MISS, Entry, ReadStats, TableReader, TableWriter
+from keeldb.storage.sstable import (
+    DELETED,
+    MISS,
+    SEQ_MAX,
+    Entry,
+    ReadStats,
+    TableReader,
+    TableWriter,
+)
 
 NAME = "1.sst"
 
@@ -289,3 +297,65 @@ def _hash(key: bytes) -> int:
     from xxhash import xxh3_64_intdigest
 
     return xxh3_64_intdigest(key)
+
+
+# --- find_value: the engine's newest-version hot path (sget) ---------------------------------
+
+
+def _expected_value(entries: list[Entry], key: bytes) -> object:
+    found = _newest(entries, key, SEQ_MAX)
+    return None if found is None else found[2] if found[1] else DELETED
+
+
+@pytest.mark.parametrize("widths", ["fixed", "variable"])
+def test_find_value_is_the_newest_version_of_find(widths: str) -> None:
+    """find_value(key) == the newest version find/get gives, on cold and warm blocks, for
+    puts, tombstones, keys with many versions spanning blocks and absent keys."""
+    rng = random.Random(11)
+    entries: list[Entry] = []
+    for i in range(0, 900, 3):
+        key = b"%06d" % i + (b"+" * (i % 4) if widths == "variable" else b"")
+        for seq in sorted(rng.sample(range(1, 400), rng.choice([1, 1, 2, 40])), reverse=True):
+            kind = KIND_DELETE if rng.random() < 0.2 else KIND_PUT
+            value = b"" if kind == KIND_DELETE else b"%05d" % seq + b"." * (
+                seq % 3 if widths == "variable" else 0)
+            entries.append((key, seq, kind, value))
+    _, reader, stats = _table(entries, block_bytes=256)
+    keys = sorted({e[0] for e in entries})
+    absent = [b"%06d" % i for i in range(1, 900, 3)] + [b"", b"0", b"999999+"]
+    for k in keys + absent:
+        want = _expected_value(entries, k)
+        got = reader.find_value(k, _hash(k))
+        if got is MISS:
+            got = reader.find_value_uncached(k)
+            found = reader.find_uncached(k, SEQ_MAX)
+            assert (None if found is None else found[2] if found[1] else DELETED) == want
+        assert got == want or got is want, (k, got, want)
+        assert reader.find_value(k, _hash(k)) in (want, MISS)  # cached now, unless evicted
+    assert stats.tables_touched > len(keys) and stats.find_misses > 0
+
+
+def test_find_value_answers_miss_without_io_and_counts_cache_hits() -> None:
+    entries = [(b"%08d" % i, 3, KIND_PUT, b"v%d" % i) for i in range(2000)]
+    _, reader, stats = _table(entries)
+    key = b"%08d" % 77
+    assert reader.find_value(key, _hash(key)) is MISS
+    assert stats.block_reads == 0 and stats.find_misses == 1 and stats.find_hits == 0
+    assert reader.find_value_uncached(key) == b"v77"
+    assert reader.find_value(key, _hash(key)) == b"v77"
+    assert stats.block_reads == 1 and stats.find_hits == 1 and stats.bloom_checks == 2
+
+
+def test_engine_stats_count_lock_free_cache_hits() -> None:
+    engine = LsmEngine(MemoryDisk(), Options(memtable_bytes=4096, block_bytes=256))
+    for i in range(300):
+        engine.put(b"k%04d" % i, b"v%d" % i)
+        while engine.flush_step():
+            pass
+    engine.compact_range()
+    for _ in range(2):
+        for i in range(300):
+            assert engine.get(b"k%04d" % i) == b"v%d" % i
+    st = engine.stats()
+    assert st.block_cache_misses > 0 and st.block_cache_hits > st.block_cache_misses
+    assert st.block_cache_hits + st.block_cache_misses == engine.read_stats.tables_touched

@@ -8,7 +8,14 @@ from keeldb import limits
 from keeldb.errors import CorruptionError, LimitExceededError
 from keeldb.runtime.memdisk import MemoryDisk
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT
-from keeldb.storage.wal import HEADER_BYTES, create_wal, encode_record, parse_wal, read_wal
+from keeldb.storage.wal import (
+    HEADER_BYTES,
+    create_wal,
+    encode_one,
+    encode_record,
+    parse_wal,
+    read_wal,
+)
 
 
 def _log(batches: list[tuple[int, list[tuple[int, bytes, bytes]]]]) -> tuple[MemoryDisk, str, list[int]]:
@@ -106,3 +113,21 @@ def test_a_torn_last_header_is_still_truncated() -> None:
     batches, valid = parse_wal(data[:-len(records[-1]) + 5], "000001.log")
     assert [seq for seq, _ in batches] == [1, 2]
     assert valid == len(records[0]) + len(records[1])
+
+
+@pytest.mark.parametrize("kind", [KIND_PUT, KIND_DELETE])
+@pytest.mark.parametrize("key_len, value_len", [(1, 0), (16, 100), (255, 255), (256, 1),
+                                                (1, 256), (1024, 70_000)])
+@pytest.mark.parametrize("seq", [1, 127, 128, 1 << 32, (1 << 63) - 1])
+def test_single_op_record_decodes_as_its_batch(kind: int, key_len: int, value_len: int,
+                                               seq: int) -> None:
+    """encode_one (the single put's prebuilt-pieces framing, msgpack fallback past 255-byte
+    keys or values) reads back exactly as the batch encode_record frames."""
+    key = bytes(range(256)) * 4
+    key = key[:key_len]
+    value = b"" if kind == KIND_DELETE else b"\xc4v" * (value_len // 2) + b"x" * (value_len % 2)
+    record = encode_one(seq, kind, key, value)
+    batch_record = encode_record(seq, [(kind, key, value)])
+    batches, valid = parse_wal(record + batch_record, "x.log")
+    assert valid == len(record) + len(batch_record)
+    assert batches == [(seq, [(kind, key, value)])] * 2

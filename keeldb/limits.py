@@ -246,3 +246,10 @@ kv_proposed_batches_max = 4096
 # --- storage write path, round 3 (area: storage write) -----------------------------------------
 # Entries the flush worker decodes from each sorted run per merge round (bounded: runs x this).
 worker_merge_run_entries = 2048
+
+# --- cluster real runtime, round 3 (area: cfollow) -------------------------------------------
+# A Raft server with no client request waiting on it (a follower) runs a disk job of at most
+# this many bytes (append + fdatasync of one low-load append) on the event loop: the disk
+# thread's wakeup and GIL hand-offs cost more than the small write; bigger jobs (a busy
+# leader's batches) go to the disk thread so the loop decodes the next append meanwhile.
+server_raft_inline_io_bytes_max = 1024

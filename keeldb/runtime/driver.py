@@ -139,6 +139,9 @@ class Driver:
         self._io: deque[Persist | Sync] = deque()
         self._io_busy = False
         self._io_pumping = False
+        # Bytes the disk job being submitted appends or writes (read by a world's inline
+        # policy inside submit_io: a small job may run on the loop).
+        self.io_job_bytes = 0
         self._ops: OrderedDict[int, bool | None] = OrderedDict()
         self._held: dict[int, list[Send | Apply | Reply]] = {}
         self._held_count = 0
@@ -340,6 +343,7 @@ class Driver:
                 group = tuple(self._io.popleft() for _ in range(take))
                 self._io_busy = True
                 self.stats.disk_ops += take
+                self.io_job_bytes = sum(len(e.data) for e in group if isinstance(e, Persist))
                 inc = self.incarnation
                 box: list[IoResult] = []  # each op's result, as performed
                 self.world.submit_io(

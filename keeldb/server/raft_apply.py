@@ -66,6 +66,17 @@ def parse_peers(text: str) -> dict[str, Address]:
     return peers
 
 
+def inline_disk_job(pending: int, job_bytes: int) -> bool:
+    """Whether a Raft server runs its next disk job (`job_bytes` appended, then synced) on
+    the event loop, with `pending` client requests waiting on this node: while 1 to
+    `limits.server_raft_inline_sync_pending_max` wait (a leader at low load), or with none
+    waiting (a follower) when the job is small (`limits.server_raft_inline_io_bytes_max`)."""
+    assert pending >= 0 and job_bytes >= 0, (pending, job_bytes)
+    if pending:
+        return pending <= limits.server_raft_inline_sync_pending_max
+    return job_bytes <= limits.server_raft_inline_io_bytes_max
+
+
 class RaftApplyPath:
     """An `ApplyPath` (see `keeldb.server.resp_server`) that replicates through Raft.
 
@@ -330,10 +341,11 @@ class RaftApplyPath:
 
     def _few_pending(self) -> bool:
         """Disk jobs run on the loop while a few requests (at least one) wait on this node
-        (see RealWorld.inline_io). Not on an idle follower: its loop must stay free while a
-        slow fsync runs (heartbeats, the leader's next append), and a busy leader's
-        followers are the ones whose fsyncs queue up on a shared disk."""
-        return 0 < len(self._pending) <= limits.server_raft_inline_sync_pending_max
+        (see RealWorld.inline_io). With none waiting (a follower), only a small job runs
+        inline (one low-load append: cheaper than the disk thread's wakeup and hand-offs);
+        a bigger one (a busy leader's batch) goes to the thread, so the loop decodes the
+        next append while it syncs."""
+        return inline_disk_job(len(self._pending), self.driver.io_job_bytes)
 
     def _update_events(self) -> None:
         if len(self._pending) >= min(limits.server_apply_queue_max, self._cfg.pending_max):

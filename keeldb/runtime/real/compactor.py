@@ -340,8 +340,15 @@ def _sorted_run(chunk: Sequence[jobs.Entry], unique: bool) -> tuple[int, bytes]:
     """One frame of memtable versions, sorted and packed back (entry after entry): packed
     bytes cost ~1/2.5 of the decoded tuples, so the worker holds a memtable as ~its size."""
     entries = sorted(chunk) if unique else jobs.sort_flush_entries(list(chunk))
-    pack = msgpack.Packer(use_bin_type=True).pack
-    return len(entries), b"".join(map(pack, entries))
+    # One pack call for the whole run, minus the array header: the entries' bytes, one after
+    # another (what a pack per entry gives, for ~2/3 less CPU).
+    packed = msgpack.packb(entries, use_bin_type=True)
+    return len(entries), packed[_array_header_bytes(len(entries)):]
+
+
+def _array_header_bytes(count: int) -> int:
+    """Length of msgpack's array header for `count` items (fixarray, array16, array32)."""
+    return 1 if count < 16 else 3 if count < 1 << 16 else 5
 
 
 def _merge_runs(blobs: list[bytes], unique: bool) -> Iterator[jobs.Entry]:

@@ -28,12 +28,15 @@ class RealFile:
         self._size = os.fstat(fd).st_size
 
     def append(self, data: bytes) -> None:
-        view = memoryview(data)
         try:
-            while view:
-                written = os.write(self._fd, view)
-                self._size += written
-                view = view[written:]
+            written = os.write(self._fd, data)  # one call writes it all on a regular file
+            self._size += written
+            if written < len(data):  # a short write (signal, nearly full disk): the rest
+                view = memoryview(data)[written:]
+                while view:
+                    written = os.write(self._fd, view)
+                    self._size += written
+                    view = view[written:]
         except OSError as exc:
             raise _io_error(exc, "appending to", self._path) from exc
 

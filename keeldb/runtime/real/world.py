@@ -7,8 +7,8 @@ One OS process hosts one node, so one `RealWorld` serves one driver:
 - clock: the monotonic clock; timers: `loop.call_later`;
 - disk ops: run in one worker thread (so an fsync does not stall the network), completed back
   on the loop thread as the driver requires; the driver submits one job (its queued ops) at a time;
-  when the host's `inline_io()` says so (few requests waiting) a job runs on the loop instead,
-  one callback after the step that queued it;
+  when the host's `inline_io()` says so (few requests waiting, or a follower's small append)
+  a job runs on the loop instead, one callback after the step that queued it;
 - send: the asyncio `Transport`, at the end of the step (replies first); reply: routed back
   to the client connection that asked, at once.
 """
@@ -142,7 +142,6 @@ class RealWorld:
             return
         complete(result)
         self._flush_sends()  # e.g. a follower's ack, held until this sync: now, not a turn later
-        self._flush_sends()  # e.g. a follower's ack, held until this sync: send it now
 
     def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
         """Queue `msg` for the end of this step (`_flush_sends`, the loop's next callback):

@@ -3,8 +3,11 @@ inside a group fails the op it happened at and leaves the later ones unperformed
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from keeldb.node.effects import ClientRequest, Persist, PersistDone, Sync, SyncDone, Tick
-from keeldb.runtime.driver import Driver
+from keeldb.runtime.driver import Driver, IoResult
+from keeldb.types import NodeId
 from tests.unit.runtime.test_driver import N1, N2, FakeWorld, Scripted
 
 
@@ -59,3 +62,26 @@ def test_a_job_the_world_fails_fails_its_first_op() -> None:
     done = [e for e in node.seen if isinstance(e, PersistDone | SyncDone)]
     assert [(e.op, e.ok, e.error) for e in done] == [
         (1, False, "injected"), (2, False, "an earlier disk op of its group failed")]
+
+
+def test_io_job_bytes_names_the_bytes_of_the_job_being_submitted() -> None:
+    driver, world, node = _driver()
+    seen: list[int] = []
+    submit = world.submit_io
+
+    def spy(node_id: NodeId, perform: Callable[[], IoResult],
+            complete: Callable[[IoResult], None]) -> None:
+        seen.append(driver.io_job_bytes)  # what a world's inline policy reads
+        submit(node_id, perform, complete)
+
+    world.submit_io = spy  # type: ignore[method-assign, assignment]
+    node.script[ClientRequest] = [Persist(1, "log", b"abc"), Sync(2, "log")]
+    driver.deliver(ClientRequest(1, "write"))
+    node.script[Tick] = [Persist(3, "log", b"x" * 100), Persist(4, "meta", b"yy", replace=True),
+                         Sync(5, "log")]
+    driver.deliver(Tick("t", 0))  # queued behind the busy disk: one job of both persists
+    world.finish_io()
+    node.script[Tick] = [Sync(6, "log")]
+    driver.deliver(Tick("t", 0))
+    world.finish_io()
+    assert seen == [3, 102, 0]

@@ -26,7 +26,8 @@ from keeldb.storage.engine import Options
 from keeldb.storage.manifest import TableMeta, table_name
 from keeldb.storage.memtable import Memtable
 from keeldb.storage.merge import compact_with_snapshots, merge_newest, merge_sources
-from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
+from keeldb.storage.sstable import ReadStats, TableReader
+from keeldb.storage.sstable_writer import TableWriter
 
 Hook = Callable[[str], None] | None
 Entry = tuple[bytes, int, int, bytes]

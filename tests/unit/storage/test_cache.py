@@ -10,7 +10,8 @@ from keeldb.errors import ConfigError, CorruptionError
 from keeldb.runtime.memdisk import MemoryDisk
 from keeldb.storage.cache import BlockCache, TableCache, pack_key
 from keeldb.storage.engine import KIND_PUT
-from keeldb.storage.sstable import ReadStats, TableReader, TableWriter
+from keeldb.storage.sstable import ReadStats, TableReader
+from keeldb.storage.sstable_writer import TableWriter
 
 
 def test_lru_order_and_byte_limit() -> None:

@@ -9,13 +9,14 @@ from typing import Any
 import pytest
 
 from keeldb.runtime.memdisk import MemoryDisk
-from keeldb.storage import lsm
+from keeldb.storage import lsm_scan
 from keeldb.storage.cache import BlockCache
 from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Options
 from keeldb.storage.lsm import LsmEngine
 from keeldb.storage.memory import MemoryEngine
 from keeldb.storage.merge import merge_page, page_share
-from keeldb.storage.sstable import Entry, ReadStats, TableReader, TableWriter
+from keeldb.storage.sstable import Entry, ReadStats, TableReader
+from keeldb.storage.sstable_writer import TableWriter
 
 
 def _table(entries: list[Entry], block_bytes: int) -> TableReader:
@@ -151,7 +152,7 @@ def _loaded_engine(seed: int) -> tuple[LsmEngine, MemoryEngine, list[tuple[Any, 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_page_scans_match_the_oracle_fresh_and_through_snapshots(
         seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lsm, "PAGE_SKIPS_MAX", 0)  # try the column read on every page
+    monkeypatch.setattr(lsm_scan, "PAGE_SKIPS_MAX", 0)  # try the column read on every page
     engine, oracle, snaps = _loaded_engine(seed)
     answered = 0
     fast = engine._page_fast

@@ -21,8 +21,8 @@ from keeldb.storage.sstable import (
     Entry,
     ReadStats,
     TableReader,
-    TableWriter,
 )
+from keeldb.storage.sstable_writer import TableWriter
 
 NAME = "000001.sst"
 

@@ -379,24 +379,7 @@ class DB:
             value = check_value(value)
         if not key[0] and key.startswith(_RESERVED):
             _refuse_reserved(key)
-        nbytes = len(key) + len(value)
-        # `_write_one`, inline: the fast path of a single put costs one Python call fewer.
-        if not self._queue and self._write_one_fast is not None and \
-                self._wal_lock.acquire(False):
-            try:
-                version = self.engine._version
-                if not version.imms and len(version.l0) < self._slowdown_files:
-                    self._write_one_fast(KIND_PUT, key, value, nbytes, self._sync_always)
-                    if self._sync_batch:
-                        self._unsynced += nbytes
-                        if self._unsynced >= self._sync_bytes:
-                            self._sync_locked()
-                    if self.engine._version is not self._seen_version:
-                        self._kick_background()
-                    return
-            finally:
-                self._wal_lock.release()
-        self._write([(KIND_PUT, key, value)], nbytes)
+        self._write_one(KIND_PUT, key, value, len(key) + len(value))
 
     def delete(self, key: bytes) -> None:
         if type(key) is not bytes or not 0 < len(key) <= limits.key_bytes_max:

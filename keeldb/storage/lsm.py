@@ -275,15 +275,7 @@ class LsmEngine(LsmScan):
             self._refuse_if_stopped()
         seq = self._last_seq + 1
         record = encode_one(seq, kind, key, value)
-        try:  # `_log`, inline: this path runs once per single put
-            self._wal_append(record)
-            if self._hook is not None:
-                self._hook("wal-after-write-before-sync")
-            if sync:
-                self._wal.sync()
-        except StorageIOError as exc:
-            self._fail(exc)
-            raise
+        self._log(record, sync)
         self._last_seq = seq
         self._user_bytes += user_bytes
         self._wal_bytes += len(record)

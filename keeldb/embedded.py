@@ -572,6 +572,10 @@ class DB:
                         self._bg_cv.notify_all()
                 if role == "compact" and not self._stop:
                     self._idle_compact()
+                if self._runner is not None and not self._stop:
+                    # Idle worker processes give their memory back; from both threads, so a
+                    # long compaction does not keep an idle flush worker's memory.
+                    self._runner.recycle_idle()
             except BackgroundJobCancelledError:
                 return  # close() cancelled the job: nothing was installed
             except BaseException as exc:  # keep reads working; writers see the error

@@ -188,7 +188,13 @@ bench_cluster_samples_max = 5_000_000  # latency samples kept per benchmark poin
 bench_cluster_concurrency_max = 4_096  # connections of one benchmark point
 bench_cluster_drain_s = 10.0  # after a point's window: time its requests in flight may take
 bench_cluster_ready_s = 30.0  # a benchmarked server (or cluster) must be ready within this
-server_raft_snapshot_entries = 20_000  # a server's applied entries between two Raft snapshots
+# A server's applied entries between two Raft snapshots. The image is built off the event
+# loop (RaftNode Capture), so the count trades the image's CPU and its file write (per
+# snapshot, growing with the store) against the log held in memory and replayed at start
+# (growing with the count; each entry is a GC-tracked object: a full collection walks
+# 50,000 in ~3 ms, 100,000 in ~7-10 ms). At ~5,000 writes/s: one snapshot per ~10 s.
+# etcd's --snapshot-count is 100,000.
+server_raft_snapshot_entries = 50_000
 driver_io_group_max = 64  # queued disk ops a driver hands to its world as one job
 server_raft_heartbeat_ticks = 5  # a server leader heartbeats every 5 Raft ticks (50 ms)
 server_raft_election_ticks = 30  # a server's election timeout: 30-60 Raft ticks (300-600 ms)
@@ -253,3 +259,22 @@ worker_merge_run_entries = 2048
 # thread's wakeup and GIL hand-offs cost more than the small write; bigger jobs (a busy
 # leader's batches) go to the disk thread so the loop decodes the next append meanwhile.
 server_raft_inline_io_bytes_max = 1024
+
+# --- cluster stalls (area: cstall) -----------------------------------------------------------
+# Background jobs (`Capture`: a Raft snapshot image) queued on a RealWorld's background thread;
+# a node keeps at most one capture in flight.
+real_world_bg_jobs_max = 4
+
+# --- storage background work, round 4 (area: smem) -------------------------------------------
+# A worker process with no job for this long re-executes itself (same pid, a fresh ~34 MB
+# interpreter, ~0.3 s of its CPU): an idle worker keeps what its last job touched, 15-40 MB
+# beyond its interpreter. Longer than the gap between flushes of a write burst.
+worker_idle_recycle_ms = 2_000
+
+# --- storage point reads, round 4 (area: sread) ---------------------------------------------
+# A point read that misses the block cache while the cache has free room for the whole
+# aligned group of this many data blocks around the missed one reads the group with one pread
+# and caches every block of it (never evicting): one syscall and one Python round trip per
+# ~256 KiB instead of per 4 KiB block when a compaction's new tables are cold. Bounds the
+# transient buffer (~block_bytes_target x this) and the latency of the read that pays for it.
+block_readahead_blocks = 64

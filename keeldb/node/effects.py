@@ -16,6 +16,10 @@ halt, keeping the node's order inside a phase. Disk operations of one node run o
 successfully, and dropped (never executed) if it fails or the node crashes first. So "send only
 after this write is durable" is `Persist(op=7, ...), Sync(op=8, ...), Send(..., after=8)`.
 
+`Capture(op, job)` is not a disk op: the world runs `job` in a background lane (another
+thread, or later in the simulator), never in order with the node's disk ops, and answers with
+`CaptureDone(op, ...)`; a crash drops it.
+
 Messages are plain data (None, bool, int, float, str, bytes, list, tuple, dict with str keys):
 the real world encodes them with msgpack (tuples come back as lists, so accept both), the
 simulator passes the objects as they are (so never mutate a message after sending it).
@@ -23,7 +27,7 @@ simulator passes the objects as they are (so never mutate a message after sendin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -102,7 +106,19 @@ class SyncDone:
     error: str = ""
 
 
-Event = Start | Tick | Received | ClientRequest | PersistDone | SyncDone
+@dataclass(frozen=True, slots=True)
+class CaptureDone:
+    """The job of `Capture(op, ...)` finished: `data` is what it returned (never sent or
+    stored as is: the node unpacks it); `ok` False names the error (the image could not be
+    read or is over its limit)."""
+
+    op: int
+    ok: bool = True
+    data: Any = None
+    error: str = ""
+
+
+Event = Start | Tick | Received | ClientRequest | PersistDone | SyncDone | CaptureDone
 
 
 # --- effects: outputs of Node.step -----------------------------------------------------------
@@ -193,12 +209,27 @@ class Halt:
     reason: str
 
 
-Effect = Persist | Sync | Send | Apply | Reply | SetTimer | CancelTimer | Halt
+@dataclass(frozen=True, slots=True)
+class Capture:
+    """Run `job` away from the node's own thread and answer with `CaptureDone(op, ...)`.
+
+    For work that is long but reads only what the node froze when it built `job` (a state
+    machine image from a consistent engine snapshot, see `RaftNode._maybe_compact`): the
+    node keeps stepping meanwhile. It is not a disk op: it is not ordered with `Persist`/
+    `Sync` and holds none of them up. The job must not touch the node's live state; it may
+    raise `KeeldbError` (answered as `ok=False`). Dropped, never answered, after a crash.
+    """
+
+    op: int
+    job: Callable[[], Any]
+
+
+Effect = Persist | Sync | Send | Apply | Reply | SetTimer | CancelTimer | Halt | Capture
 
 # The one execution order of a batch (stable within a phase).
 PHASES: dict[type, int] = {
     Persist: 0, Sync: 0,  # disk ops share a phase so the node's write/sync order is kept
-    Send: 1, Apply: 2, Reply: 3, SetTimer: 4, CancelTimer: 4, Halt: 5,
+    Send: 1, Apply: 2, Reply: 3, SetTimer: 4, CancelTimer: 4, Capture: 4, Halt: 5,
 }
 
 

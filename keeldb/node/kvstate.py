@@ -105,7 +105,7 @@ from keeldb.node.kvrequests import (  # noqa: F401  (re-exported: kvstate.Get, .
     encode_cursor,
     is_read_only,
 )
-from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Engine
+from keeldb.storage.engine import KIND_DELETE, KIND_PUT, Engine, Snapshot
 
 VALUE_FORMAT = 1
 _VALUE_HEADER = struct.Struct(">BQQ")
@@ -537,20 +537,23 @@ class KvStateMachine:
 
     def snapshot(self) -> bytes:
         """The whole state (values, tombstones, sessions, metadata) as checksummed bytes."""
+        return self.capture()()
+
+    def capture(self) -> Callable[[], bytes]:
+        """`snapshot()` in two parts: now, the deferred writes go to the engine and an engine
+        snapshot freezes the state (cheap); the returned job scans that snapshot and packs
+        the image, on any thread, while batches keep applying here (it reads nothing else
+        of this object). The job releases the engine snapshot; call it exactly once."""
         if self._pending is not None:
             self._flush_pending()
-        pairs = []
-        total = 0
-        for tag in (_DATA, _META, _SESSION, _TOMB):
-            for k, v in self._prefix(tag):
-                pairs.append((tag + k, v))
-                total += len(k) + len(v) + 1
-                if total > limits.raft_snapshot_bytes_max:
-                    raise LimitExceededError(
-                        f"KV state of over {total} bytes is over raft_snapshot_bytes_max="
-                        f"{limits.raft_snapshot_bytes_max}; shard the key space")
-        body = msgpack.packb([1, pairs], use_bin_type=True)
-        return SNAPSHOT_MAGIC + _U64.pack(crc32c.crc32c(body)) + body
+        view = self.engine.snapshot()
+
+        def image() -> bytes:
+            try:
+                return _image(view)
+            finally:
+                view.close()
+        return image
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot's (the engine is emptied first)."""
@@ -594,6 +597,27 @@ class KvStateMachine:
     def _execute(self, ctx: _Ctx, req: Request) -> Reply:
         handler = _HANDLERS[type(req)]
         return handler(ctx, req)
+
+
+def _image(view: Snapshot) -> bytes:
+    """The snapshot image of the state an engine snapshot holds (see `capture`)."""
+    pairs = []
+    total = 0
+    for tag in (_DATA, _META, _SESSION, _TOMB):
+        start, end = tag, bytes([tag[0] + 1])
+        while True:  # in pages: a scan's limit is bounded (scan_limit_max)
+            page = list(view.scan(start, end, limit=_SCAN_PAGE))
+            pairs += page
+            total += sum(len(k) + len(v) for k, v in page)
+            if total > limits.raft_snapshot_bytes_max:
+                raise LimitExceededError(
+                    f"KV state of over {total} bytes is over raft_snapshot_bytes_max="
+                    f"{limits.raft_snapshot_bytes_max}; shard the key space")
+            if len(page) < _SCAN_PAGE:
+                break
+            start = page[-1][0] + b"\x00"
+    body = msgpack.packb([1, pairs], use_bin_type=True)
+    return SNAPSHOT_MAGIC + _U64.pack(crc32c.crc32c(body)) + body
 
 
 def _key_error(key: bytes) -> ErrorReply | None:

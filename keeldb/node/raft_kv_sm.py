@@ -118,8 +118,17 @@ class RaftKvSM:
                                                                        now_ms)))
 
     def snapshot(self) -> bytes:
-        return msgpack.packb([SNAPSHOT_FORMAT, self.kv.applied_index, self.kv.snapshot(),
-                              self.last_now_ms], use_bin_type=True)
+        return self.capture()()
+
+    def capture(self) -> Callable[[], bytes]:
+        """`snapshot()` as a job built off the loop (see `KvStateMachine.capture`): the
+        index and log time are taken now, with the engine snapshot."""
+        index, now_ms, image = self.kv.applied_index, self.last_now_ms, self.kv.capture()
+
+        def job() -> bytes:
+            return msgpack.packb([SNAPSHOT_FORMAT, index, image(), now_ms],  # type: ignore[no-any-return]
+                                 use_bin_type=True)
+        return job
 
     def restore(self, data: bytes) -> None:
         """Restore a Raft snapshot unless the store already holds a later state (see the

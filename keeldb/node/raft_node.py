@@ -17,6 +17,10 @@ The Ready contract, mapped onto effects (docs/design/raft.md):
    Only one Ready is in flight; steps keep feeding the core meanwhile, so the next batch
    gathers everything that arrived during the fsync.
 
+Snapshots. Every `snapshot_entries` applied entries the node asks for its state machine's
+image with `Capture` (built off the node's thread from a state frozen at the applied index)
+and compacts the log when `CaptureDone` arrives and no Ready is in flight (`_maybe_compact`).
+
 A failed write or sync halts the node (after a failed fsync nothing is known; recover from
 the disk). After a (process) crash the page cache may still hold records that were never
 synced (and after a failed directory fsync a rename may not be durable), so a starting node
@@ -42,14 +46,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-import msgpack
+from typing import Any
 
 from keeldb import limits
 from keeldb.consensus import (
     ConfChange,
     Config,
+    ConfState,
     Entry,
     EntryType,
     MemoryStorage,
@@ -58,6 +61,8 @@ from keeldb.consensus import (
     Raft,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
 )
 from keeldb.errors import (
     CorruptionError,
@@ -67,6 +72,8 @@ from keeldb.errors import (
 from keeldb.node import raft_codec
 from keeldb.node.effects import (
     Apply,
+    Capture,
+    CaptureDone,
     ClientRequest,
     Effect,
     Event,
@@ -82,7 +89,15 @@ from keeldb.node.effects import (
     SyncDone,
     Tick,
 )
-from keeldb.node.raft_log import LOG_FILE, DurableLog, Write, recover, recover_prefix
+from keeldb.node.raft_codec import encode_record, snapshot_to_plain
+from keeldb.node.raft_log import (
+    LOG_FILE,
+    SNAP_FILE,
+    DurableLog,
+    Write,
+    recover,
+    recover_prefix,
+)
 from keeldb.node.raft_members import (
     ANNOUNCE,
     CONF_CHANGE,
@@ -97,6 +112,12 @@ from keeldb.node.raft_members import (
 from keeldb.node.raft_members import (
     MEMBER_FILE as MEMBER_FILE,  # re-exported (tests, hosts name it from here)
 )
+from keeldb.node.raft_sessions import (  # re-exported: hosts and tests name them here
+    Sessions as Sessions,
+)
+from keeldb.node.raft_sessions import (
+    StateMachine as StateMachine,
+)
 from keeldb.types import NodeId
 
 MS = 1_000_000
@@ -104,150 +125,6 @@ TICK_TIMER = "raft-tick"
 FLUSH_TIMER = "raft-flush"  # a host's "end of this turn" (RaftNodeConfig.propose_on_flush)
 STALE_READ = "stale"  # ClientRequest.key (or .value) of a read served from local state
 ENTRY_OVERHEAD_BYTES = 1024  # session id, seq and low around a command in an entry
-
-
-class StateMachine(Protocol):
-    """What a RaftNode replicates. Deterministic: equal command sequences, equal states."""
-
-    def command(self, f: str, key: Any, value: Any) -> tuple[bytes, bool]:
-        """Encode a client request as (command bytes, read_only). Raise UsageError (or
-        ValueError/TypeError) for a request that can never succeed."""
-
-    def apply(self, index: int, command: bytes) -> tuple[str, Any]:
-        """Apply a committed command; return (reply type "ok" or "fail", reply value)."""
-
-    def read(self, command: bytes) -> tuple[str, Any]:
-        """Answer a read-only command from the current state (no change)."""
-
-    def snapshot(self) -> bytes: ...
-
-    def restore(self, data: bytes) -> None:
-        """Replace the state with a snapshot image (b"" is the initial state)."""
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
-@dataclass(slots=True)
-class _Session:
-    low: int  # every seq below it was answered: a copy of it arriving now is skipped
-    last_index: int  # the log index this session last applied at (for eviction)
-    done: dict[int, list[Any]]  # seq -> [reply type, value] for seqs >= low
-
-
-class Sessions:
-    """Exactly-once application of (session, seq)-stamped commands; part of the snapshot.
-
-    An entry's data is msgpack `[session, seq, low, command]`, where `low` is the smallest seq
-    its proxy still waits for. A seq below the session's `low` was answered already, so a late
-    copy is skipped; a seq in `done` is a retry and gets the first result back.
-    """
-
-    def __init__(self, sm: StateMachine, sessions_max: int = limits.raft_node_sessions_max,
-                 done_max: int = limits.raft_node_session_done_max) -> None:
-        self.sm = sm
-        self.sessions_max = sessions_max
-        self.done_max = done_max
-        self.table: dict[str, _Session] = {}
-        # Replicated beside the table: member id -> its Raft address "HOST:PORT", learned
-        # from the context of applied conf changes (so a node fed a snapshot knows them too).
-        self.members: dict[str, str] = {}
-        # member id -> [its client (RESP) address, its disk's lineage], from ANNOUNCE
-        # entries: redirect errors name the address, wipe detection compares the lineage
-        self.clients: dict[str, list[str]] = {}
-
-    @staticmethod
-    def encode(session: str, seq: int, low: int, command: bytes, kind: str = "") -> bytes:
-        """`kind` "" is a state-machine command; ANNOUNCE is [node, address] for `clients`."""
-        assert 0 < low <= seq, (low, seq)
-        if kind:
-            return _pack([session, seq, low, command, kind])
-        return _pack([session, seq, low, command])
-
-    def apply(self, index: int, data: bytes) -> tuple[str, int, list[Any] | None]:
-        """Apply one entry. Returns (session, seq, [type, value]) or None as the result when
-        the entry was a late copy of an answered command (not applied)."""
-        session, seq, low, command, *kind = _unpack(data)
-        s = self.table.get(session)
-        if s is None:
-            if len(self.table) >= self.sessions_max:
-                oldest = min(self.table, key=lambda k: (self.table[k].last_index, k))
-                del self.table[oldest]
-            s = self.table[session] = _Session(0, index, {})
-        s.last_index = index
-        self._raise_low(s, low)
-        if seq < s.low:
-            return session, seq, None
-        if seq in s.done:
-            return session, seq, s.done[seq]
-        if kind == [ANNOUNCE]:
-            node, addr, lineage = (str(x) for x in _unpack(command))
-            known = self.clients.get(node)
-            if known is None or known[1] == lineage:  # the first lineage stays
-                self.clients[node] = [addr, lineage]
-            result: list[Any] = ["ok", None]
-        else:
-            result = list(self.sm.apply(index, bytes(command)))
-        s.done[seq] = result
-        if len(s.done) > self.done_max:
-            first_seq = min(s.done)
-            self._raise_low(s, first_seq + 1)
-            if first_seq in s.done:  # even when it is not at the front (see _raise_low)
-                del s.done[first_seq]
-            assert len(s.done) <= self.done_max, (len(s.done), self.done_max)
-        return session, seq, result
-
-    @staticmethod
-    def _raise_low(s: _Session, low: int) -> None:
-        if low > s.low:
-            s.low = low
-            # Seqs mostly apply in order, so `done` is (nearly) sorted by insertion: drop
-            # from the front (O(1) per apply, not a scan of `done`). A re-proposed seq that
-            # applied after later ones may stay below `low` until the size bound evicts it;
-            # `lookup` checks `low` first, so such a leftover is never served.
-            done = s.done
-            while done:
-                q = next(iter(done))
-                if q >= low:
-                    break
-                del done[q]
-
-    def lookup(self, session: str, seq: int) -> tuple[bool, list[Any] | None]:
-        """(known, result): whether (session, seq) was decided, and its result if kept."""
-        s = self.table.get(session)
-        if s is None:
-            return False, None
-        if seq < s.low:
-            return True, None
-        if seq in s.done:
-            return True, s.done[seq]
-        return False, None
-
-    def snapshot(self) -> bytes:
-        table = [[k, s.low, s.last_index, [[q, *r] for q, r in s.done.items()]]
-                 for k, s in self.table.items()]
-        return _pack([table, self.sm.snapshot(), dict(sorted(self.members.items())),
-                      dict(sorted(self.clients.items()))])
-
-    def restore(self, data: bytes) -> None:
-        if not data:
-            self.table = {}
-            self.members = {}
-            self.clients = {}
-            self.sm.restore(b"")
-            return
-        table, inner, *rest = _unpack(data)
-        self.members = {str(k): str(v) for k, v in (rest[0] if rest else {}).items()}
-        self.clients = {str(k): [str(v[0]), str(v[1])]
-                        for k, v in (rest[1] if len(rest) > 1 else {}).items()}
-        self.table = {str(k): _Session(int(low), int(last), {int(q): [t, v] for q, t, v in done})
-                      for k, low, last, done in table}
-        self.sm.restore(bytes(inner))
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +217,10 @@ class RaftNode(RaftMembership):
         # so a busy node sends one MsgApp per follower per fsync, not one per write.
         self.queued: dict[int, None] = {}  # seqs, in arrival order
         self.reads: dict[bytes, _Read] = {}  # ReadIndex context -> read
+        # The state-machine image being built off the loop (op, applied index, conf at it),
+        # and a finished one waiting until no Ready is in flight to replace the log files.
+        self.capturing: tuple[int, int, ConfState] | None = None
+        self.captured: tuple[int, ConfState, bytes, bytes] | None = None
         self._init_membership()  # admin, member_state, lineage, on_members (raft_members)
 
     # --- the Node contract -----------------------------------------------------------------
@@ -355,6 +236,8 @@ class RaftNode(RaftMembership):
             return self._received(event)
         if isinstance(event, ClientRequest):
             return self._request(event)
+        if isinstance(event, CaptureDone):
+            return self._capture_done(event)
         raise AssertionError(f"RaftNode {self.id!r} cannot handle {event!r}")
 
     def _next_op(self) -> int:
@@ -733,16 +616,60 @@ class RaftNode(RaftMembership):
         return out + self._check_wiped() + self._maybe_compact()
 
     def _maybe_compact(self) -> list[Effect]:
+        """Every `snapshot_entries` applied entries, snapshot the state machine and compact
+        the log. The image is built off the node's thread: `Capture` freezes the state at
+        `applied` (cheap) and its job serializes it while entries keep applying; the files
+        are replaced when `CaptureDone` arrives and no Ready is in flight (`_install_capture`:
+        a log rewrite must not race an append waiting for its sync)."""
         assert self.raft is not None and self.dlog is not None
+        if self.captured is not None:
+            return self._install_capture()
         st = self.dlog.storage
+        if self.capturing is not None:
+            return []  # one image at a time
         if self.applied - st.snapshot().index < self.cfg.snapshot_entries:
             return []
         if self.applied > st.last_index():
             return []  # applied from a snapshot not yet in storage: wait for the next Ready
+        op, index, conf = self._next_op(), self.applied, self.raft.conf
+        self.capturing = (op, index, conf)
+        meta = SnapshotMeta(index, st.term(index), conf)
+        image = self.sessions.capture()
+
+        def job() -> tuple[bytes, bytes]:
+            """(image, the `raft.snap` record holding it): both built off the loop."""
+            data = image()
+            return data, encode_record(snapshot_to_plain(Snapshot(meta, data)))
+        return [Capture(op, job)]
+
+    def _capture_done(self, ev: CaptureDone) -> list[Effect]:
+        if self.capturing is None or ev.op != self.capturing[0] or self.state != "running":
+            return []  # not ours (an earlier incarnation's, or we are halting)
+        _, index, conf = self.capturing
+        self.capturing = None
+        if not ev.ok:
+            self.state = "halting"
+            return [Halt(f"state-machine snapshot at {index} failed ({ev.error}); "
+                         "recovering from the disk")]
+        data, record = ev.data
+        self.captured = (index, conf, data, record)
+        return self._maybe_compact() if self.inflight is None else []
+
+    def _install_capture(self) -> list[Effect]:
+        """Replace `raft.snap` and `raft.log` with the captured image (see `_maybe_compact`)."""
+        assert self.dlog is not None and self.captured is not None and self.inflight is None
+        index, conf, data, record = self.captured
+        self.captured = None
+        st = self.dlog.storage
+        if index <= st.snapshot().index:
+            return []  # a newer snapshot (from the leader) was installed meanwhile
+        assert index <= min(self.applied, st.last_index()), (index, self.applied)
         self.stats.snapshots_taken += 1
-        writes = self.dlog.compact(self.applied, self.raft.conf, self.sessions.snapshot(),
-                                   self.cfg.keep_entries)
-        return self._persists(writes)
+        # DurableLog.compact, with the snapshot record the job encoded already
+        st.create_snapshot(index, conf, data)
+        st.compact(max(index - self.cfg.keep_entries, st.first_index() - 1))
+        return self._persists([Write(SNAP_FILE, record, True),
+                               Write(LOG_FILE, self.dlog.log_image(), True)])
 
     # --- introspection (tests, admin) ------------------------------------------------------
 

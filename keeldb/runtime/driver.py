@@ -36,7 +36,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 from keeldb import limits
 from keeldb.errors import KeeldbError, LimitExceededError
@@ -44,6 +44,8 @@ from keeldb.node.effects import (
     PHASES,
     Apply,
     CancelTimer,
+    Capture,
+    CaptureDone,
     Effect,
     Event,
     Halt,
@@ -94,6 +96,10 @@ class World(Protocol):
     def halted(self, node: NodeId, reason: str) -> None:
         """The node stopped itself with `Halt(reason)`; the driver is already down."""
 
+    # Optional: `submit_job(node, perform, complete)` runs `complete(perform())` once, later,
+    # off the node's thread and NOT in order with `submit_io` (a `Capture` job: it must
+    # never hold up the node's disk ops). A world without it runs the job at once.
+
 
 @dataclass(slots=True)
 class DriverStats:
@@ -110,6 +116,7 @@ class DriverStats:
     events_dropped: int = 0  # events delivered while the node was down
     starts: int = 0
     crashes: int = 0
+    captures: int = 0  # Capture jobs handed out (state-machine images)
 
 
 def _phase(effect: Effect) -> int:
@@ -119,6 +126,16 @@ def _phase(effect: Effect) -> int:
 
 
 _PENDING = None  # op state: None pending, True ok, False failed
+_DISK_OPS = (Persist, Sync)  # tuples: isinstance(x, A | B) builds a union on every call
+_GATED = (Send, Apply, Reply)
+
+
+def _run_capture(op: int, job: Callable[[], Any]) -> CaptureDone:
+    """Run a `Capture` job; an operating error becomes `ok=False` (a bug still raises)."""
+    try:
+        return CaptureDone(op, True, job())
+    except KeeldbError as exc:
+        return CaptureDone(op, False, b"", exc.message)
 
 
 class Driver:
@@ -148,6 +165,10 @@ class Driver:
         self._timers: dict[str, int] = {}
         self._timer_seq = 0
         self._files: dict[str, File] = {}
+        # Optional world hook `steps_done(node)`: deliver() finished stepping (no step is
+        # running), so a world may now do what the steps queued (the real one writes its
+        # held sends and runs a small disk job) instead of waiting for a loop turn.
+        self._steps_done: Callable[[NodeId], None] | None = getattr(world, "steps_done", None)
 
     @property
     def alive(self) -> bool:
@@ -225,6 +246,8 @@ class Driver:
                 self._execute(effects)
         finally:
             self._stepping = False
+        if self._steps_done is not None and self.node is not None:
+            self._steps_done(self.node_id)
 
     def _execute(self, effects: list[Effect]) -> None:
         assert len(effects) <= limits.driver_effects_per_step_max, (
@@ -237,7 +260,7 @@ class Driver:
             if self.incarnation != inc:
                 return  # a Halt or a synchronous crash ended this incarnation mid-batch
             self.stats.effects += 1
-            if isinstance(eff, Persist | Sync):
+            if isinstance(eff, _DISK_OPS):
                 self._submit_disk_op(eff)
                 io_queued = True
                 continue
@@ -251,12 +274,14 @@ class Driver:
                 assert eff.to != self.node_id, f"node {self.node_id!r} sends to itself"
                 self.stats.sends += 1
                 self.world.send(self.node_id, eff.to, eff.msg)
-            elif isinstance(eff, Send | Apply | Reply):
+            elif isinstance(eff, _GATED):
                 self._gate(eff)
             elif isinstance(eff, SetTimer):
                 self._set_timer(eff)
             elif isinstance(eff, CancelTimer):
                 self._timers.pop(eff.name, None)
+            elif isinstance(eff, Capture):
+                self._capture(eff)
             elif isinstance(eff, Halt):
                 self.crash()
                 self.world.halted(self.node_id, eff.reason)
@@ -314,6 +339,24 @@ class Driver:
             self.deliver(Tick(name, self.world.now_ns(self.node_id)))
 
         self.world.call_later(self.node_id, eff.delay_ns, fire)
+
+    # --- background jobs -------------------------------------------------------------------
+
+    def _capture(self, eff: Capture) -> None:
+        """Hand `eff.job` to the world's background lane (or run it now, the result queued
+        as the node's next event); its `CaptureDone` reaches this incarnation only."""
+        inc, op = self.incarnation, eff.op
+        self.stats.captures += 1
+
+        def complete(result: CaptureDone) -> None:
+            if inc == self.incarnation:
+                self.deliver(result)
+
+        submit = getattr(self.world, "submit_job", None)
+        if submit is None:
+            complete(_run_capture(op, eff.job))
+        else:
+            submit(self.node_id, partial(_run_capture, op, eff.job), complete)
 
     # --- disk ops --------------------------------------------------------------------------
 

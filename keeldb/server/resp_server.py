@@ -298,17 +298,130 @@ class LocalApplyPath:
             self.idle.set()
 
 
-class _Client:
-    """One connection's socket side: the protocol state lives in `conn`."""
+class _Client(asyncio.Protocol):
+    """One client socket as an asyncio Protocol: each chunk read is parsed and its requests
+    handled in the read callback itself (no reader task to wake, no await per request), and
+    replies go straight to the transport. The protocol state lives in `conn`.
 
-    __slots__ = ("conn", "writer", "wake", "closing", "gone")
+    Reading pauses while `conn` wants no input (back-pressure), while the apply path has no
+    room, and while more than `limits.server_reply_high_water_bytes` of replies are unsent.
+    Closing (QUIT, a protocol error, shutdown, too many clients) lingers: once no execute is
+    pending, the written replies are followed by a FIN and the client's further input is
+    drained (at most `server_linger_bytes_max` for `server_linger_ms`) so no RST destroys
+    the last reply."""
 
-    def __init__(self, conn: Connection, writer: asyncio.StreamWriter) -> None:
-        self.conn = conn
-        self.writer = writer
-        self.wake = asyncio.Event()  # set when input may be wanted again or we must close
-        self.closing = False  # stop reading; close after the replies already written
+    __slots__ = ("server", "conn", "transport", "closing", "gone", "read_paused",
+                 "write_paused", "waiting_room", "lingering", "linger_left")
+
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        self.conn: Connection | None = None  # None: refused (max clients or shutting down)
+        self.transport: asyncio.Transport | None = None
+        self.closing = False  # stop reading requests; close after the replies written
         self.gone = False  # the socket is closed: late results are dropped
+        self.read_paused = False
+        self.write_paused = False
+        self.waiting_room = False  # a task waits for the apply path's room
+        self.lingering = False  # FIN sent: input is drained until the timer or the limit
+        self.linger_left = limits.server_linger_bytes_max
+
+    # --- asyncio callbacks ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's are look-alikes
+        server = self.server
+        if server._closing:
+            self.gone = True
+            tr.close()
+            return
+        if len(server._clients) >= server.config.max_clients:
+            server.metrics.rejected.inc()
+            tr.write(ERR_MAX_CLIENTS)
+            self.closing = True
+            self.update()
+            return
+        server._next_id += 1
+        peer = tr.get_extra_info("peername") or ("?", 0)
+        self.conn = Connection(server._next_id, server._conn_config,
+                               peer=f"{peer[0]}:{peer[1]}")
+        tr.set_write_buffer_limits(high=limits.server_reply_high_water_bytes)
+        server._clients.add(self)
+        server.metrics.accepted.inc()
+        server.metrics.connections.inc()
+
+    def data_received(self, data: bytes) -> None:
+        if self.gone:
+            return
+        if self.closing or self.conn is None:
+            self._drain_input(len(data))
+            return
+        self.server._handle(self, self.conn.receive(data))
+        self.update()
+
+    def eof_received(self) -> bool:
+        """The client half-closed: answer what it already sent, then close (lingering)."""
+        if self.gone or self.conn is None or not self.conn.pending_executes:
+            return False  # nothing left to answer: close now
+        self.closing = True
+        self.update()
+        return True  # keep the write side open until the pending replies are out
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.update()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.update()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = True
+        server = self.server
+        if self in server._clients:
+            server._clients.discard(self)
+            server.metrics.connections.dec()
+
+    # --- reading state -------------------------------------------------------------------
+
+    def update(self) -> None:
+        """Pause or resume reading to match the state; start lingering once closing."""
+        tr = self.transport
+        if self.gone or tr is None:
+            return
+        if self.closing:
+            if not self.lingering and (self.conn is None or not self.conn.pending_executes):
+                self._linger(tr)
+            want = self.lingering  # drain input only after the FIN
+        else:
+            assert self.conn is not None
+            apply = self.server._apply
+            room = apply is None or apply.room.is_set()
+            want = self.conn.wants_input and room and not self.write_paused
+            if not room and not self.waiting_room and apply is not None:
+                self.waiting_room = True
+                asyncio.get_running_loop().create_task(self._wait_room(apply.room))
+        if want and self.read_paused:
+            self.read_paused = False
+            tr.resume_reading()
+        elif not want and not self.read_paused:
+            self.read_paused = True
+            tr.pause_reading()
+
+    async def _wait_room(self, room: asyncio.Event) -> None:
+        await room.wait()
+        self.waiting_room = False
+        self.update()
+
+    def _linger(self, tr: asyncio.Transport) -> None:
+        self.lingering = True
+        if tr.can_write_eof():
+            tr.write_eof()  # after the buffered replies
+        asyncio.get_running_loop().call_later(limits.server_linger_ms / 1000, tr.close)
+
+    def _drain_input(self, n: int) -> None:
+        self.linger_left -= n
+        if self.linger_left <= 0 and self.transport is not None:
+            self.transport.close()
 
 
 class RespServer:
@@ -330,7 +443,6 @@ class RespServer:
         self._admin: AdminServer | None = None
         self._cluster_admin: Any = None  # Raft mode: raft_admin.ClusterAdmin (POST /cluster)
         self._clients: set[_Client] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._next_id = 0
         self._closing = False
         self._stopped = asyncio.Event()
@@ -380,9 +492,8 @@ class RespServer:
                                              on_fatal=self._fatal_error)
             self._apply.start()
             try:
-                self._server = await asyncio.start_server(
-                    self._on_client, self.config.host, self.config.port,
-                    limit=limits.server_read_chunk_bytes)
+                self._server = await loop.create_server(
+                    lambda: _Client(self), self.config.host, self.config.port)
                 if self._cluster_admin is not None:
                     host = self.config.host if self.config.host not in ("", "0.0.0.0", "::") \
                         else "127.0.0.1"
@@ -455,7 +566,7 @@ class RespServer:
             await self._cluster_admin.close()
         for client in list(self._clients):
             client.closing = True  # read no more requests
-            client.wake.set()
+            client.update()
         if self._apply is not None:
             self._apply.room.set()  # wake readers waiting for room: they see `closing`
         drain_s = limits.server_shutdown_drain_ms_max / 1000
@@ -463,9 +574,9 @@ class RespServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._apply.idle.wait(), drain_s)
         for client in list(self._clients):
-            client.writer.close()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=drain_s)
+            if client.transport is not None:
+                client.transport.close()
+        await asyncio.sleep(0)  # let the transports report connection_lost
         await self._close_store()
 
     async def _close_store(self) -> None:
@@ -480,64 +591,12 @@ class RespServer:
 
     # --- connections -----------------------------------------------------------------------
 
-    async def _on_client(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        if self._closing:
-            writer.close()
-            return
-        if len(self._clients) >= self.config.max_clients:
-            self.metrics.rejected.inc()
-            writer.write(ERR_MAX_CLIENTS)
-            await _linger_close(reader, writer)
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._next_id += 1
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        conn = Connection(self._next_id, self._conn_config, peer=f"{peer[0]}:{peer[1]}")
-        client = _Client(conn, writer)
-        writer.transport.set_write_buffer_limits(high=limits.server_reply_high_water_bytes)
-        self._clients.add(client)
-        self.metrics.accepted.inc()
-        self.metrics.connections.inc()
-        try:
-            await self._read_loop(client, reader)
-            if client.closing and not client.gone:  # QUIT, a protocol error or shutdown
-                await _linger_close(reader, writer)
-        except ConnectionError:
-            pass
-        finally:
-            client.gone = True
-            self._clients.discard(client)
-            self._tasks.discard(task)
-            self.metrics.connections.dec()
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _read_loop(self, client: _Client, reader: asyncio.StreamReader) -> None:
-        conn, writer = client.conn, client.writer
-        assert self._apply is not None
-        while not client.closing:
-            if not conn.wants_input:  # back-pressure: pending executes or a WATCH in flight
-                client.wake.clear()
-                await client.wake.wait()
-                continue
-            if not self._apply.room.is_set():  # the apply queue is full: every client waits
-                await self._apply.room.wait()
-                continue
-            data = await reader.read(limits.server_read_chunk_bytes)
-            if not data:
-                return
-            self._handle(client, conn.receive(data))
-            await writer.drain()  # at most server_reply_high_water_bytes of replies unsent
-
     def _handle(self, client: _Client, outputs: list[Output]) -> None:
         """Carry out a Connection's outputs, in order. Executes run inline while the apply
         path allows it (see `try_inline`); once one is proposed, the later ones follow it
         (a connection's batches apply in its request order)."""
         assert self._apply is not None, "outputs after the apply path stopped"
+        assert client.conn is not None, "outputs on a refused connection"
         proposals: list[tuple[kv.Batch, Done]] = []
         work = deque(outputs)
         while work and not client.gone:
@@ -568,7 +627,8 @@ class RespServer:
 
     def _emit(self, client: _Client, out: Send | Close) -> None:
         if isinstance(out, Send):
-            transport = client.writer.transport
+            transport = client.transport
+            assert transport is not None
             transport.write(out.data)
             self.metrics.commands.inc()
             if out.data[:1] in (b"-", b"!"):
@@ -576,20 +636,19 @@ class RespServer:
             if transport.get_write_buffer_size() > limits.server_reply_backlog_bytes_max:
                 self.metrics.dropped.inc()  # a client that does not read its replies
                 client.closing = client.gone = True
-                client.wake.set()
                 transport.abort()
             return
         assert isinstance(out, Close), f"unknown connection output {out!r}"
         if out.protocol_error:
             self.metrics.protocol_errors.inc()
-        client.closing = True
-        client.wake.set()
+        client.closing = True  # update() (after this output) starts the linger
 
     def _complete(self, client: _Client, ticket: int, result: Result) -> None:
         if client.gone or self._apply is None:
             return
+        assert client.conn is not None
         self._handle(client, client.conn.complete(ticket, result))
-        client.wake.set()
+        client.update()
 
     # --- expiry ----------------------------------------------------------------------------
 
@@ -680,21 +739,6 @@ def raft_node_config(snapshot_entries: int) -> Any:
                           keep_entries=min(limits.raft_node_keep_entries, snapshot_entries),
                           heartbeat_ticks=limits.server_raft_heartbeat_ticks,
                           election_ticks=limits.server_raft_election_ticks)
-
-
-async def _linger_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Send what is written, then FIN, and discard what the client still sends for a moment:
-    closing a socket with unread input sends a RST, which can destroy the last reply (the
-    error that says why) before the client reads it."""
-    with contextlib.suppress(ConnectionError, TimeoutError):
-        await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-        left = limits.server_linger_bytes_max
-        async with asyncio.timeout(limits.server_linger_ms / 1000):
-            while left > 0 and (chunk := await reader.read(min(left, 65536))):
-                left -= len(chunk)
-    writer.close()
 
 
 async def _main(config: ServerConfig, ready: Callable[[str], None]) -> None:

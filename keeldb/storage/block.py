@@ -91,9 +91,13 @@ def _offsets(body: bytes, at: int, count: int, first: int) -> tuple[array[int], 
     return array("I", accumulate(lens, initial=first)), total
 
 
-def _check_block(body: bytes) -> CachedBlock:
+def _check_block(body: bytes, end: int | None = None) -> CachedBlock:
     """Check a data block body's structure once (it passed its checksum); return what the
-    cache keeps. ValueError or struct.error if the block is not well formed."""
+    cache keeps. `end`: where the body ends in `body` (default: its length; an uncompressed
+    block is cached with its 5-byte trailer, which no reader looks at: columns are located
+    from the header). ValueError or struct.error if the block is not well formed."""
+    if end is None:
+        end = len(body)
     n, kw, vw = _BLOCK_HEADER.unpack_from(body, 0)
     if n == 0 or kw == 0:
         raise ValueError(f"block header holds {n} entries of key width {kw}")
@@ -110,8 +114,8 @@ def _check_block(body: bytes) -> CachedBlock:
         value_offs, value_total = _offsets(body, _HEADER_BYTES + 4 * n * (kw < 0), n, value_at)
     else:
         value_total = vw * n
-    if value_at + value_total != len(body):
-        raise ValueError(f"{n} entries do not fill the {len(body)}-byte block")
+    if value_at + value_total != end:
+        raise ValueError(f"{n} entries do not fill the {end}-byte block")
     if key_offs is None and value_offs is None:
         return body
     return body, key_offs, value_offs
@@ -184,6 +188,8 @@ def _entry_at(lay: Layout, j: int) -> tuple[int, int, bytes]:
 # Checked against tracemalloc in tests/unit/storage/test_cache.py.
 _BYTES_OBJ = sys.getsizeof(b"")
 _CACHE_SLOT_BYTES = 240
+# The least a cached block takes beside its body (a fixed-width block's whole overhead).
+BLOCK_CHARGE_BYTES = _BYTES_OBJ + _CACHE_SLOT_BYTES
 _ARRAY_OBJ = sys.getsizeof(array("I"))
 _TUPLE3_BYTES = sys.getsizeof((1, 2, 3))
 

@@ -139,15 +139,21 @@ class BlockCache:
         assert self.bytes <= self.bytes_max or not entries, (self.bytes, self.bytes_max)
 
     def evict_table(self, table_id: int) -> None:
-        """Drop every block of `table_id` (its file was deleted). O(cached blocks)."""
-        # list() copies the keys in one C call: lock-free readers bump entries meanwhile, and
-        # iterating the OrderedDict itself across bytecodes would see it mutate.
-        doomed = [k for k in list(self._entries) if k >> OFFSET_BITS == table_id]
+        """Drop every block of `table_id` (its file was deleted). O(the table's blocks) for a
+        registered table (its slots list every block of it that is cached), else O(cached
+        blocks): a compaction deletes ~10-20 tables at once while reads wait for the GIL."""
+        slots = self._tables.pop(table_id, None)
+        base = table_id << OFFSET_BITS
+        if slots is not None:
+            doomed = [base | i for i, b in enumerate(slots[0]) if b is not None]
+        else:
+            # list() copies the keys in one C call: lock-free readers bump entries meanwhile,
+            # and iterating the OrderedDict itself across bytecodes would see it mutate.
+            doomed = [k for k in list(self._entries) if k >> OFFSET_BITS == table_id]
         for key in doomed:
             found = self._entries.pop(key, None)
             if found is not None:
                 self.bytes -= found[1]
-        slots = self._tables.pop(table_id, None)
         if slots is not None:  # readers still holding the arrays see misses from now on
             slots[0][:] = [None] * len(slots[0])
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Protocol
 
 from keeldb.errors import BackgroundJobError
-from keeldb.ports import Disk
+from keeldb.ports import Disk, File
 from keeldb.storage.cache import BlockCache
 from keeldb.storage.engine import Options
 from keeldb.storage.manifest import TableMeta, table_name
@@ -156,16 +156,54 @@ def compact_tables(disk: Disk, spec: TableSpec, tables: Sequence[TableMeta], bot
     """Merge `tables` (newest data first) into new tables of about `table_bytes` each.
 
     Inputs are read through private readers without a cache, so the readers' caches are not
-    disturbed. `alloc` hands out the output file numbers.
+    disturbed. Tables with disjoint key ranges (the overlapped tables of the output level)
+    are read one after another as one source, each opened only when the previous one is
+    done: the merge then buffers entries for a handful of sources, not for every table, and
+    holds one table's index and bloom of that level at a time. `alloc` hands out the output
+    file numbers.
     """
-    files = [disk.open(t.name) for t in tables]
+    open_files: list[list[File]] = []  # per source: the file of the table it is reading
+    sources = [_chained(disk, run, open_files) for run in disjoint_runs(tables)]
     try:
-        sources = [TableReader.open(f, t.id, BlockCache(0), ReadStats()).iter()
-                   for f, t in zip(files, tables, strict=True)]
         return _write_outputs(disk, spec, sources, bottom, snapshots, alloc, hook)
     finally:
-        for f in files:
-            f.close()
+        for held in open_files:
+            for file in held:
+                file.close()
+
+
+def disjoint_runs(tables: Sequence[TableMeta]) -> list[list[TableMeta]]:
+    """Group `tables` into runs, each of tables with disjoint key ranges in key order
+    (greedy: each table joins the first run it follows without overlap). One level's tables
+    form one run; overlapping L0 tables land in runs of their own."""
+    runs: list[list[TableMeta]] = []
+    for t in sorted(tables, key=lambda t: (t.smallest, t.largest, t.id)):
+        for run in runs:
+            if run[-1].largest < t.smallest:
+                run.append(t)
+                break
+        else:
+            runs.append([t])
+    assert sum(map(len, runs)) == len(tables), "every input table is in exactly one run"
+    return runs
+
+
+def _chained(disk: Disk, run: Sequence[TableMeta], open_files: list[list[File]]
+             ) -> Iterator[Entry]:
+    """Every entry of the tables of `run` (disjoint, in key order) as one sorted stream. The
+    chain runs in C: only opening a table costs a Python call (a generator here would cost
+    a frame step per entry)."""
+    held: list[File] = []
+    open_files.append(held)
+
+    def entries(t: TableMeta) -> Iterator[Entry]:
+        while held:  # the previous table of the run is read to its end
+            held.pop().close()
+        file = disk.open(t.name)
+        held.append(file)
+        return TableReader.open(file, t.id, BlockCache(0), ReadStats()).iter()
+
+    return chain.from_iterable(map(entries, run))
 
 
 def _write_outputs(disk: Disk, spec: TableSpec, sources: list[Iterator[Any]], bottom: bool,

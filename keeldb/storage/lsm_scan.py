@@ -40,6 +40,13 @@ PAGE_SLACK_ENTRIES = 16
 # and tombstones hide much (many overwrites, old snapshots) the column read rarely tells a
 # page, and trying first would only add its cost.
 PAGE_SKIPS_MAX = 63
+# Page reads size each source's share by the distinct keys of the version, estimated as
+# the entries of all sources times the share of distinct keys among the entries the last
+# pages merged (a moving average of weight PAGE_UNIQUE_WEIGHT, over pages that merged at
+# least PAGE_UNIQUE_ENTRIES_MIN entries): after overwrites most keys sit in several
+# sources, and shares of all entries would read too few of each.
+PAGE_UNIQUE_WEIGHT = 0.125
+PAGE_UNIQUE_ENTRIES_MIN = 16
 
 
 class LsmScan:
@@ -54,6 +61,9 @@ class LsmScan:
     # Pages the column read skips after failures in a row (see PAGE_SKIPS_MAX).
     _page_skips: int
     _page_skipped: int
+    # Share of distinct keys among the entries pages merge lately (PAGE_UNIQUE_WEIGHT):
+    # a racy hint like the counters above; the class value until the first page.
+    _page_unique: float = 1.0
     table_cache: TableCache
     _check_open: Callable[[], None]
     _register: Callable[[int], None]
@@ -175,7 +185,12 @@ class LsmScan:
         """`merge.read_page` (a page read as key and value columns); None if it cannot tell
         the page, and then the next pages skip it for a while (PAGE_SKIPS_MAX).
         Call with the read lock held."""
-        pairs = read_page(version, self.table_cache, seq, start, end, reverse, n)
+        counts = [0, 0]
+        unique = self._page_unique
+        pairs = read_page(version, self.table_cache, seq, start, end, reverse, n, unique,
+                          counts)
+        if counts[0] >= PAGE_UNIQUE_ENTRIES_MIN:  # a moving average of the distinct share
+            self._page_unique = unique + (counts[1] / counts[0] - unique) * PAGE_UNIQUE_WEIGHT
         if pairs is None:  # the general merge reads this page and the next few
             self._page_skips = self._page_skipped = min(PAGE_SKIPS_MAX,
                                                         2 * self._page_skips + 1)

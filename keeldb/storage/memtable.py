@@ -62,6 +62,8 @@ _kind_of_op = itemgetter(0)
 _key_of_op = itemgetter(1)
 _value_of_op = itemgetter(2)
 _seq_of_entry = itemgetter(1)
+_kind_of_entry = itemgetter(2)
+_value_of_entry = itemgetter(3)
 
 
 class Memtable:
@@ -78,6 +80,7 @@ class Memtable:
         "_sorted",
         "_delta",
         "_entries",
+        "_columns",
         "_scans",
         "versions",
     )
@@ -97,6 +100,9 @@ class Memtable:
         # (sorted keys it matches, seq_max it was built at, entries in key order)
         self._entries: tuple[list[bytes], int, list[Entry]] | None = None
         self._scans = (0, 0)  # (seq_max, scans since it was set) -- when to build _entries
+        # (the _entries list it was built from, its values with None for a tombstone,
+        # whether it holds a tombstone): what `page_columns` slices
+        self._columns: tuple[list[Entry], list[bytes | None], bool] | None = None
 
     def __len__(self) -> int:
         return len(self.table)
@@ -283,6 +289,34 @@ class Memtable:
                 return chunk, hi - lo > want
         got = list(islice(self.iter(start, end, reverse, seq, want), want))
         return got, len(got) == want
+
+    def page_columns(self, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
+                     want: int) -> tuple[list[bytes], list[bytes | None], bool, bool] | None:
+        """`page` as columns, from the sorted entry list when it is current: (keys, values
+        with None for a tombstone, whether some value may be None, whether more may
+        follow), keys ascending whatever the direction (the `want` entries nearest the
+        scan's start). None when the list is not current: then call `page`. Two list
+        slices; the values list is made once per entry list."""
+        state = self._sorted
+        built = self._entries
+        if (state is None or built is None or state[2] or state[3] != len(self._delta)
+                or built[0] is not state[0] or not built[1] == self.seq_max <= seq):
+            return None
+        cols = self._columns
+        if cols is None or cols[0] is not built[2]:
+            entries = built[2]
+            tombs = not all(map(_kind_of_entry, entries))
+            values: list[bytes | None] = [e[3] if e[2] else None for e in entries] if tombs \
+                else list(map(_value_of_entry, entries))
+            cols = self._columns = (entries, values, tombs)
+        keys = state[0]
+        lo = 0 if start is None else bisect.bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect.bisect_left(keys, end)
+        if reverse:
+            a, b = max(lo, hi - want), hi
+        else:
+            a, b = lo, min(hi, lo + want)
+        return keys[a:b], cols[1][a:b], cols[2], hi - lo > want
 
     def _chunks(self, start: bytes | None, end: bytes | None, reverse: bool,
                 seq: int, first: int) -> Iterator[list[Entry]]:

@@ -14,7 +14,7 @@ import bisect
 import heapq
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice
-from operator import eq, itemgetter, ne
+from operator import eq, itemgetter
 from typing import TYPE_CHECKING, Any
 
 from keeldb.storage.engine import KIND_DELETE
@@ -238,7 +238,8 @@ def page_share(n: int, size: int, total: int) -> int:
 
 
 def read_page(version: Version, table_cache: TableCache, seq: int, start: bytes | None,
-              end: bytes | None, reverse: bool, n: int) -> list[tuple[bytes, bytes]] | None:
+              end: bytes | None, reverse: bool, n: int, unique: float = 1.0,
+              counts: list[int] | None = None) -> list[tuple[bytes, bytes]] | None:
     """The first `n` visible pairs in [start, end) of an LSM `version` at `seq`, from one
     read of each source cut into key and value lists (no entry tuples, no iterators),
     resolved by `merge_page`. Each source first reads what it likely holds of the page
@@ -256,27 +257,37 @@ def read_page(version: Version, table_cache: TableCache, seq: int, start: bytes 
             sources.append((t.entries, 1, t))
     sources += [(level[2], 2, level) for level in version.deep]
     if len(sources) > 1:
-        total = sum(map(_key_of, sources))
+        # distinct keys: every entry counted once per source, times the fraction of
+        # entries read lately that were distinct keys (overwritten keys sit in several
+        # sources), but never fewer than the largest source holds
+        sizes = list(map(_key_of, sources))
+        total = max(sum(sizes) * unique, max(sizes))
         # page_share, inlined: a share of the page plus PAGE_SHARE_SIGMAS deviations
-        wants = [int(x + PAGE_SHARE_SIGMAS * (x * (1 - size / total)) ** 0.5) + 2
-                 for size, _, _ in sources for x in (n * size / total,)]
+        wants = [int(x + PAGE_SHARE_SIGMAS * (x * (1 - f)) ** 0.5) + 2
+                 for size in sizes for f in (min(1.0, size / total),) for x in (n * f,)]
     elif sources:
         wants = [n + 1]
     else:
         return []
-    got = _read_sources(version, table_cache, sources, wants, seq, start, end, reverse, n)
-    if got.__class__ is int and len(sources) > 1 and got * PAGE_HIDDEN_DIVISOR <= n:
-        # the shares fell short, not because versions or tombstones hid much: read a
-        # whole page from every source
+    if counts is None:
+        counts = [0, 0]
+    overlap = counts[1] - counts[0]
+    got = _read_sources(version, table_cache, sources, wants, seq, start, end, reverse, n,
+                        counts)
+    if got.__class__ is int and len(sources) > 1 and (
+            got - (counts[0] - counts[1] + overlap)) * PAGE_HIDDEN_DIVISOR <= n:
+        # the shares fell short, not because tombstones or versions newer than `seq` hid
+        # much beside the keys several sources hold (a read of a whole page from each is
+        # not short of those): read a whole page from every source
         got = _read_sources(version, table_cache, sources, [n + 1] * len(sources), seq,
-                            start, end, reverse, n)
+                            start, end, reverse, n, counts)
     return None if got.__class__ is int else got  # type: ignore[return-value]
 
 
 def _read_sources(version: Version, table_cache: TableCache,
                   sources: list[tuple[int, int, Any]], wants: list[int], seq: int,
                   start: bytes | None, end: bytes | None, reverse: bool,
-                  n: int) -> list[tuple[bytes, bytes]] | int:
+                  n: int, counts: list[int] | None = None) -> list[tuple[bytes, bytes]] | int:
     """One read of up to `wants[i]` entries from each source, merged (see `read_page` and
     `merge_page`: the pairs, or how many entries read were hidden).
 
@@ -310,6 +321,14 @@ def _read_sources(version: Version, table_cache: TableCache,
             if reader is None:
                 reader = version.readers[source.id] = table_cache.get(source.id, source.name)
             got, last, more, tb = reader.read_page(lo, hi, reverse, want, seq, keys, values)
+        elif (cols := source.page_columns(lo, hi, reverse, seq, want)) is not None:
+            ks, vs, tb, has_more = cols
+            if not ks:
+                continue
+            segs[i] = (ks, vs)  # fresh slices, as a table's read would append
+            got = len(ks)
+            last = ks[0] if reverse else ks[-1]  # one version per key: whole
+            more = (2 if reverse else 1) if has_more else 0
         else:
             entries, has_more = source.page(lo, hi, reverse, seq, want)
             if not entries:
@@ -332,7 +351,7 @@ def _read_sources(version: Version, table_cache: TableCache,
                 cut, cut_open = last, more == 2
             elif last == cut and more == 2:
                 cut_open = True
-    pairs = merge_page(segs, cut, cut_open, reverse, n, tombs)
+    pairs = merge_page(segs, cut, cut_open, reverse, n, tombs, counts)
     if pairs.__class__ is int:  # hidden entries: add those the seq filter dropped
         return pairs + read - sum(len(ks) for ks, _ in segs)  # type: ignore[operator]
     return pairs
@@ -386,8 +405,8 @@ def _level_page(version: Version, table_cache: TableCache, tables: tuple[TableMe
 
 
 def merge_page(segs: list[tuple[list[bytes], list[Any]]], cut: bytes | None,
-               cut_open: bool, reverse: bool, n: int,
-               tombs: bool) -> list[tuple[bytes, bytes]] | int:
+               cut_open: bool, reverse: bool, n: int, tombs: bool,
+               counts: list[int] | None = None) -> list[tuple[bytes, bytes]] | int:
     """The first `n` visible pairs of a page scan from one read of each source, or, when
     that read cannot tell them, how many entries read were hidden (older versions and
     tombstones): a caller reads more, or with the general merge when many were.
@@ -401,42 +420,51 @@ def merge_page(segs: list[tuple[list[bytes], list[Any]]], cut: bytes | None,
     None if none may: keys past it are cut off (that source may still hold keys before
     them), and so is `cut` itself when `cut_open` (its visible version may be unread: a
     forward read sees a key's newest version first, a reverse one its oldest). `tombs`:
-    some value is None. Mutates nothing; every step is one C-level call but the
-    tombstone filter.
+    some value is None. `counts` (optional): [entries, distinct keys] merged, added to.
+    Mutates nothing else; every step is one C-level call but the tombstone filter.
 
-    The pairs are sorted by key (timsort merges the sources' runs; the sort is stable, so
-    each key's first pair stays its visible version), the later pairs of a key dropped with
-    `compress`, and sliced.
+    A dict takes the sources oldest first, each reversed (a key's oldest version first),
+    so the visible version of each key is the one it keeps; its keys are sorted (timsort
+    merges the sources' runs) and cut, and only the pairs of the page are built.
     """
-    pairs: list[tuple[bytes, Any]] = []
-    for keys, values in segs:
-        pairs += zip(keys, values, strict=True)
-    pairs.sort(key=_key_of)
-    ks = list(map(_key_of, pairs))
-    read = len(ks)
-    if any(map(eq, ks, islice(ks, 1, None))):  # several versions of a key
-        # the sort is stable: each key's first pair is its newest version; keep those
-        first = list(chain((True,), map(ne, ks, islice(ks, 1, None))))
-        pairs = list(compress(pairs, first))
-        ks = list(compress(ks, first))
-    full = pairs  # one pair per key
+    newest: dict[bytes, Any] = {}
+    read = 0
+    for keys, values in reversed(segs):
+        if keys:
+            read += len(keys)
+            newest.update(zip(reversed(keys), reversed(values), strict=True))
+    ks = sorted(newest)
+    full = len(ks)  # one key per distinct key read
+    if counts is not None:  # entries merged, distinct keys among them
+        counts[0] += read
+        counts[1] += full
     if cut is not None:
         if reverse:
             assert cut_open, "a reverse read may not hold the newest version of its last key"
-            pairs = pairs[bisect.bisect_right(ks, cut) :]
+            del ks[: bisect.bisect_right(ks, cut)]
         elif cut_open:
-            pairs = pairs[: bisect.bisect_left(ks, cut)]
+            del ks[bisect.bisect_left(ks, cut) :]
         else:
-            pairs = pairs[: bisect.bisect_right(ks, cut)]
-    if tombs:
-        pairs = [p for p in pairs if p[1] is not None]
-    if len(pairs) >= n:
-        return pairs[: -n - 1 : -1] if reverse else pairs[:n]
-    if cut is not None:  # hidden: older versions, and tombstones
-        return read - len(full) + (sum(p[1] is None for p in full) if tombs else 0)
-    if reverse:
-        pairs.reverse()
-    return pairs
+            del ks[bisect.bisect_right(ks, cut) :]
+    if tombs:  # tombstones' None values are dropped
+        pairs = [p for p in zip(ks, map(newest.__getitem__, ks), strict=True) if p[1] is not None]
+        if len(pairs) >= n:
+            return pairs[: -n - 1 : -1] if reverse else pairs[:n]
+        if cut is not None:  # hidden: older versions, and tombstones
+            return read - full + sum(v is None for v in newest.values())
+        if reverse:
+            pairs.reverse()
+        return pairs
+    if len(ks) >= n:
+        if reverse:
+            ks = ks[: -n - 1 : -1]
+        else:
+            del ks[n:]
+    elif cut is not None:  # hidden: older versions
+        return read - full
+    elif reverse:
+        ks.reverse()
+    return list(zip(ks, map(newest.__getitem__, ks), strict=True))
 
 
 class CleanSource:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -215,3 +216,44 @@ def test_idle_store_merges_l0_into_l1_below_the_trigger(tmp_path: Path) -> None:
         levels = db.stats().levels
         assert levels[0].files == 0 and sum(lv.files for lv in levels[1:]) > 0
         assert dict(db.scan()) == _expected(300)
+
+
+def test_idle_workers_recycle_and_keep_serving_jobs(tmp_path: Path) -> None:
+    """A worker idle after a job re-executes itself (same pid, fresh memory); its next job
+    waits for the new image and runs there, nothing falls back in-process."""
+    path = tmp_path / "db"
+    with keeldb.open(str(path), **SMALL) as db:
+        runner = db._runner
+        assert runner is not None
+        runner.idle_s = 3600.0  # no recycling while the first jobs run
+        _fill(db, 0, 400)
+        db.compact()
+        workers = runner._workers
+        used = {role: w.proc.pid for role, w in workers.items() if w.proc and w.used}
+        assert used, "the jobs ran in worker processes"
+        runner.idle_s = 0.0  # every used idle worker recycles at the next background tick
+        deadline = time.monotonic() + WAIT_S
+        while any(workers[role].recycles == 0 for role in used):
+            assert time.monotonic() < deadline, "idle workers were not recycled"
+            time.sleep(0.01)
+        runner.idle_s = 3600.0
+        for role, pid in used.items():
+            proc = workers[role].proc
+            assert proc is not None and proc.pid == pid and proc.poll() is None
+            while not _runs_recycled_image(pid):  # the same process, the new image
+                assert time.monotonic() < deadline, "the worker did not re-execute"
+                time.sleep(0.01)
+        _fill(db, 400, 400)
+        db.compact()
+        assert runner.failed is None, runner.failed
+        for role, pid in used.items():
+            proc = workers[role].proc
+            assert proc is not None and proc.pid == pid, "a recycled worker runs the new jobs"
+            assert workers[role].used and not workers[role].awaiting_ready
+        assert dict(db.scan()) == _expected(800)
+    _tables_on_disk_match_manifest(path)
+
+
+def _runs_recycled_image(pid: int) -> bool:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return compactor.RECYCLED.encode() in f.read().split(b"\0")

@@ -24,7 +24,6 @@ Wire: frames of `u32 length | msgpack`, each at most `limits.worker_frame_bytes_
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import queue
@@ -32,7 +31,9 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain, islice
@@ -100,6 +101,10 @@ class _Worker:
         self.cancelled = False
         self._mu = threading.Lock()  # one job at a time
         self.on_start: Callable[[], None] | None = None  # called as a job starts
+        self.last_used = time.monotonic()  # when the last job ended (or the worker started)
+        self.used = False  # whether the process ran a job since it started or was recycled
+        self.awaiting_ready = False  # a recycled image will say "ready" before its next job
+        self.recycles = 0  # times an idle process re-executed itself to give memory back
 
     def start(self) -> None:
         """Start the process now if it is idle and not running (no job is waiting)."""
@@ -123,7 +128,38 @@ class _Worker:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", MODULE, self.path], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, pass_fds=(self.lock_fd,), env=env)
+            self.last_used = time.monotonic()
+            self.used = self.awaiting_ready = False
         return self.proc
+
+    def recycle_if_idle(self, idle_s: float) -> bool:
+        """Have the process re-execute itself (same pid, a fresh interpreter) once it ran a
+        job and then none for `idle_s`: an idle worker keeps the memory its last job touched
+        (~15-40 MB beyond its ~34 MB interpreter) while the store's own process may be at its
+        largest (a full block cache). Not a stop and a new start: a process forked from a
+        large store shows the store's size for the moment until it executes (which a
+        sampler of the process tree would count twice), and the restart would cost more."""
+        if self.proc is None or not self.used or time.monotonic() - self.last_used < idle_s:
+            return False
+        if not self._mu.acquire(blocking=False):
+            return False  # a job is starting or running
+        try:
+            proc = self.proc
+            if proc is None or self.cancelled or not self.used or \
+                    time.monotonic() - self.last_used < idle_s:
+                return False
+            assert proc.stdin is not None
+            try:
+                _send(proc.stdin, ["recycle"])
+            except (OSError, ValueError):
+                self._reap()  # gone already: the next job starts a new one
+                return False
+            self.used = False
+            self.awaiting_ready = True  # the next job first reads the new image's "ready"
+            self.recycles += 1
+            return True
+        finally:
+            self._mu.release()
 
     def run(self, header: list[Any], chunks: Sequence[Any], hook: jobs.Hook) -> Any:
         """Send a job (a header frame, then `chunks` frames); return the worker's result.
@@ -139,6 +175,13 @@ class _Worker:
                 self.on_start()
             assert proc.stdin is not None and proc.stdout is not None
             try:
+                if self.awaiting_ready:
+                    ready = _recv(proc.stdout)
+                    if ready is None:
+                        raise ValueError("no ready frame after the recycle")
+                    assert ready == ("ready",), ready
+                    self.awaiting_ready = False
+                self.used = True
                 _send(proc.stdin, header)
                 for chunk in chunks:
                     _send(proc.stdin, chunk)
@@ -160,6 +203,8 @@ class _Worker:
             except BaseException:
                 self._reap()  # mid-conversation (a hook raised, an error reply): start over
                 raise
+            finally:
+                self.last_used = time.monotonic()
             self._reap()
             self._raise_dead("it exited")
             raise AssertionError("unreachable")
@@ -209,6 +254,7 @@ class ProcessRunner:
         self.disk = fallback.disk
         self.failed: str | None = None  # why the store went back to in-process jobs
         self._workers = {role: _Worker(path, lock_fd, role) for role in ("flush", "compact")}
+        self.idle_s = limits.worker_idle_recycle_ms / 1000
         # Both workers start with the first job. A child's ru_maxrss (what RUSAGE_CHILDREN
         # reports) starts at its parent's RSS at fork time, and the store grows (cache,
         # memtables): a worker forked late would report the store's size, not its own.
@@ -280,6 +326,12 @@ class ProcessRunner:
         for n in numbers:
             self.disk.remove(table_name(n))
 
+    def recycle_idle(self) -> None:
+        """Recycle the worker processes that had no job for `limits.worker_idle_recycle_ms`
+        (the embedded DB calls this from its background loop)."""
+        for worker in self._workers.values():
+            worker.recycle_if_idle(self.idle_s)
+
     def cancel(self) -> None:
         """Stop running jobs now (close() calls it before joining the job threads)."""
         for worker in self._workers.values():
@@ -308,7 +360,7 @@ def _reader(stdin: IO[bytes], inbox: queue.Queue[bytes]) -> None:
 
 
 def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[bytes],
-             out: IO[bytes]) -> Any:
+             out: IO[bytes], spill_dir: str) -> Any:
     kind = msg[0]
     spec = jobs.TableSpec.from_list(msg[1])
 
@@ -319,12 +371,22 @@ def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[bytes],
 
     if kind == "flush":
         number, nchunks, hooks, unique = int(msg[2]), int(msg[3]), bool(msg[4]), msg[5]
-        runs = [_sorted_run(_decode(inbox.get()), bool(unique)) for _ in range(nchunks)]
-        count = sum(n for n, _ in runs)
-        entries = _merge_runs([blob for _, blob in runs], bool(unique))
-        del runs
-        meta = jobs.build_table_stream(disk, spec, entries, count, number,
-                                       hook_proxy if hooks else None)
+        # The sorted runs wait in an unnamed file of the store's directory (O_TMPFILE: gone
+        # with the process, whatever happens), not in memory: the merge reads them back
+        # `limits.worker_run_read_bytes` at a time, so the worker's memory no longer grows
+        # with the memtable (it held ~1.1x the memtable's bytes as packed runs).
+        with tempfile.TemporaryFile(dir=spill_dir, buffering=0) as spill:
+            count = 0
+            spans = []
+            for _ in range(nchunks):
+                n, blob = _sorted_run(_decode(inbox.get()), bool(unique))
+                spans.append((_append(spill.fileno(), blob), len(blob)))
+                count += n
+                del blob
+            entries = _merge_runs([_Span(spill.fileno(), at, size) for at, size in spans],
+                                  bool(unique))
+            meta = jobs.build_table_stream(disk, spec, entries, count, number,
+                                           hook_proxy if hooks else None)
         return meta.to_list()
     if kind == "compact":
         tables = [jobs.meta_from_list(t) for t in msg[2]]
@@ -337,8 +399,8 @@ def _run_job(disk: RealDisk, msg: list[Any], inbox: queue.Queue[bytes],
 
 
 def _sorted_run(chunk: Sequence[jobs.Entry], unique: bool) -> tuple[int, bytes]:
-    """One frame of memtable versions, sorted and packed back (entry after entry): packed
-    bytes cost ~1/2.5 of the decoded tuples, so the worker holds a memtable as ~its size."""
+    """One frame of memtable versions, sorted and packed back (entry after entry), to be
+    spilled to the job's run file: decoded, a frame is ~2.5x its packed bytes."""
     entries = sorted(chunk) if unique else jobs.sort_flush_entries(list(chunk))
     # One pack call for the whole run, minus the array header: the entries' bytes, one after
     # another (what a pack per entry gives, for ~2/3 less CPU).
@@ -351,11 +413,35 @@ def _array_header_bytes(count: int) -> int:
     return 1 if count < 16 else 3 if count < 1 << 16 else 5
 
 
-def _merge_runs(blobs: list[bytes], unique: bool) -> Iterator[jobs.Entry]:
-    """The entries of the sorted `blobs` in table order, unpacked a little at a time."""
-    its = [msgpack.Unpacker(io.BytesIO(blob), raw=False, use_list=False,
-                            read_size=limits.worker_run_read_bytes) for blob in blobs]
-    blobs.clear()  # the BytesIO objects keep the bytes alive exactly as long as needed
+def _append(fd: int, data: bytes) -> int:
+    """Append `data` to the file `fd` (all of it); return the offset it starts at."""
+    at = os.lseek(fd, 0, os.SEEK_END)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    return at
+
+
+class _Span:
+    """A read-only stream over bytes [at, at + size) of file `fd` (one spilled run)."""
+
+    __slots__ = ("_fd", "_at", "_end")
+
+    def __init__(self, fd: int, at: int, size: int) -> None:
+        self._fd, self._at, self._end = fd, at, at + size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._end - self._at if n < 0 else min(n, self._end - self._at)
+        data = os.pread(self._fd, n, self._at) if n > 0 else b""
+        self._at += len(data)
+        return data
+
+
+def _merge_runs(streams: Sequence[Any], unique: bool) -> Iterator[jobs.Entry]:
+    """The entries of the sorted runs in `streams` (file-likes: `read(n)`) in table order,
+    unpacked `limits.worker_run_read_bytes` at a time."""
+    its = [msgpack.Unpacker(stream, raw=False, use_list=False,
+                            read_size=limits.worker_run_read_bytes) for stream in streams]
     return chain.from_iterable(_merged_chunks(its, unique))
 
 
@@ -397,9 +483,13 @@ def _merged_chunks(its: list[msgpack.Unpacker], unique: bool) -> Iterator[list[j
         yield chunk
 
 
+RECYCLED = "--recycled"  # argv flag of a worker image that replaced an idle one
+
+
 def main(argv: list[str]) -> int:
     """Worker entry: `python -m keeldb.runtime.real.compactor DIR` (started by the store)."""
-    if len(argv) != 1:
+    recycled = argv[1:] == [RECYCLED]
+    if len(argv) != 1 and not recycled:
         sys.stderr.write(f"usage: python -m {MODULE} DIR\n")
         return 2
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when this one stops
@@ -407,13 +497,18 @@ def main(argv: list[str]) -> int:
     stdin, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the parent's pipe
     # Bounded: the reader stops reading (and the parent blocks on the pipe) while the job
-    # works through what it has; a flush holds its memtable as packed sorted runs only.
+    # works through what it has; a flush spills each frame as a sorted run to a file.
     inbox: queue.Queue[bytes] = queue.Queue(limits.worker_inbox_frames_max)
     threading.Thread(target=_reader, args=(stdin, inbox), daemon=True).start()
+    if recycled:
+        _send(out, ["ready"])
     while True:
         msg = _decode(inbox.get())
+        if msg == ("recycle",):  # idle: give the memory back, keep the pid, pipes and lock
+            out.flush()
+            os.execv(sys.executable, [sys.executable, "-m", MODULE, argv[0], RECYCLED])
         try:
-            result = _run_job(disk, msg, inbox, out)
+            result = _run_job(disk, msg, inbox, out, argv[0])
         except Exception as exc:  # reported; the parent reruns the job in-process
             _send(out, ["error", f"{type(exc).__name__}: {exc}"])
             continue

@@ -162,6 +162,10 @@ class Transport:
         self._closed = False
         self.faults = LinkFaults()
         self.stats = TransportStats()
+        # Called after each inbound chunk's messages were delivered (outside any node step):
+        # the world runs a disk job those steps left for the loop (see RealWorld).
+        self.after_deliver: Callable[[], None] | None = None
+        self.delivering = False  # inside an inbound chunk's deliveries
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -466,11 +470,28 @@ class _Inbound(asyncio.Protocol):
         assert self.transport is not None
         if o._closed or self.transport.is_closing():
             return
-        arrived = 0
         try:
             msgs = self.decoder.feed(data)
         except FrameError:
             msgs = []  # reported below: `failed` is set
+        o.delivering = True
+        try:
+            self._deliver_all(msgs)
+        finally:
+            o.delivering = False
+        if o.after_deliver is not None and not o._closed:
+            o.after_deliver()
+        failed = self.decoder.failed
+        if failed is not None and not self.transport.is_closing():
+            o.stats.bad_frames += 1
+            log.error("%s: closing inbound connection from %s: %s", o.node,
+                      self.transport.get_extra_info("peername"), failed.message)
+            self.transport.close()
+
+    def _deliver_all(self, msgs: list[Any]) -> None:
+        o = self.owner
+        assert self.transport is not None
+        arrived = 0
         for msg in msgs:
             src = self.src
             if src is None:
@@ -487,12 +508,6 @@ class _Inbound(asyncio.Protocol):
                 o._deliver_now(src, msg)
             if self.transport.is_closing():
                 return
-        failed = self.decoder.failed
-        if failed is not None:
-            o.stats.bad_frames += 1
-            log.error("%s: closing inbound connection from %s: %s", o.node,
-                      self.transport.get_extra_info("peername"), failed.message)
-            self.transport.close()
 
     def _hold(self, arrived_ns: int, msg: Any) -> None:
         self.held.append((arrived_ns, msg))

@@ -8,9 +8,12 @@ One OS process hosts one node, so one `RealWorld` serves one driver:
 - disk ops: run in one worker thread (so an fsync does not stall the network), completed back
   on the loop thread as the driver requires; the driver submits one job (its queued ops) at a time;
   when the host's `inline_io()` says so (few requests waiting, or a follower's small append)
-  a job runs on the loop instead, one callback after the step that queued it;
-- send: the asyncio `Transport`, at the end of the step (replies first); reply: routed back
-  to the client connection that asked, at once.
+  a job runs on the loop instead, right after the driver's `deliver` (`steps_done`), after a
+  transport chunk's deliveries (`Transport.after_deliver`), or else one callback later;
+- background jobs (`Capture`: a Raft snapshot image) run in a second thread, never in
+  the disk thread's queue, completed back on the loop like disk ops;
+- send: the asyncio `Transport`, at the end of the step (replies first: `steps_done`, or the
+  next callback); reply: routed back to the client connection that asked, at once.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ log = logging.getLogger("keeldb.world")
 
 ReplyRoute = Callable[[Reply], None]
 _IoJob = tuple[Callable[[], IoResult], Callable[[IoResult], None]]
+_BgJob = tuple[Callable[[], Any], Callable[[Any], None]]
 
 
 class RealWorld:
@@ -52,6 +56,10 @@ class RealWorld:
         self._io_in_thread = io_in_thread
         self._io_jobs: queue.SimpleQueue[_IoJob | None] = queue.SimpleQueue()
         self._io_thread: threading.Thread | None = None
+        # Background jobs (`Capture`: a state-machine image) on a thread of their own, so a
+        # long one never holds up the disk thread's appends and fsyncs.
+        self._bg_jobs: queue.SimpleQueue[_BgJob | None] = queue.SimpleQueue()
+        self._bg_thread: threading.Thread | None = None
         self.reply_route: ReplyRoute | None = None
         self.on_halt: Callable[[str], None] | None = None
         # Asked before each disk job: True = run it on the loop (see submit_io). The host
@@ -59,6 +67,9 @@ class RealWorld:
         # thread hand-offs); a busy node keeps the loop free for parsing while it syncs.
         self.inline_io: Callable[[], bool] | None = None
         self.inline_jobs = 0
+        self._inline_job: _IoJob | None = None  # submitted to run inline, not yet run
+        self._in_inline = False  # an inline job is running (its completion steps the node)
+        transport.after_deliver = self.run_inline_now
         self._outbox: list[tuple[NodeId, Message]] = []  # see send()
         self._flush_due = False
         self.applied_count = 0
@@ -94,7 +105,9 @@ class RealWorld:
             # Few requests wait: run the job on the loop right after the current step (its
             # sends leave first), saving the worker thread's wakeup and the GIL hand-offs.
             self.inline_jobs += 1
-            self._loop.call_soon(self._run_inline, perform, complete)
+            assert self._inline_job is None, "the driver submits one disk job at a time"
+            self._inline_job = (perform, complete)
+            self._loop.call_soon(self.run_inline_now)
             return
         if self._io_thread is None:
             self._io_thread = threading.Thread(target=self._io_worker, name="keeldb-io",
@@ -102,6 +115,50 @@ class RealWorld:
             self._io_thread.start()
         assert self._io_jobs.qsize() < 2, "the driver submits one disk job at a time"
         self._io_jobs.put((perform, complete))
+
+    def submit_job(self, node: NodeId, perform: Callable[[], Any],
+                   complete: Callable[[Any], None]) -> None:
+        """`complete(perform())` with `perform` on the background thread (see the driver's
+        `World`): the loop keeps serving while a Raft snapshot image is serialized. The
+        thread shares the GIL, interleaved every `sys.getswitchinterval()`."""
+        self._mine(node)
+        if self.closed:
+            return
+        if not self._io_in_thread:
+            complete(perform())
+            return
+        if self._bg_thread is None:
+            self._bg_thread = threading.Thread(target=self._bg_worker, name="keeldb-bg",
+                                               daemon=True)
+            self._bg_thread.start()
+        assert self._bg_jobs.qsize() < limits.real_world_bg_jobs_max, "background jobs pile up"
+        self._bg_jobs.put((perform, complete))
+
+    def _bg_worker(self) -> None:
+        while True:
+            job = self._bg_jobs.get()
+            if job is None:
+                return
+            perform, complete = job
+            try:
+                result, exc = perform(), None
+            except Exception as e:  # a bug in the job: the node halts (see _io_done)
+                result, exc = None, e
+            try:
+                self._loop.call_soon_threadsafe(self._bg_done, complete, result, exc)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits for the result
+
+    def _bg_done(self, complete: Callable[[Any], None], result: Any,
+                 exc: BaseException | None) -> None:
+        if self.closed:
+            return
+        if exc is not None:
+            log.critical("%s: background job crashed: %r", self.node, exc)
+            self.halted(self.node, f"background job crashed: {exc!r}")
+            return
+        complete(result)
+        self._flush_sends()
 
     def _io_worker(self) -> None:
         """The disk thread: run each job, hand its result back to the loop."""
@@ -128,6 +185,32 @@ class RealWorld:
             return
         complete(result)
         self._flush_sends()  # e.g. a follower's ack, held until this sync: now, not a turn later
+
+    def steps_done(self, node: NodeId) -> None:
+        """The driver finished a `deliver` (no step runs): write the sends it held now, and
+        run its small disk job unless a transport chunk is still being delivered (then the
+        transport's `after_deliver` runs it once for the chunk) or a job is running (this is
+        its completion: the loop's callback runs the next, so jobs never nest)."""
+        self._mine(node)
+        if self._outbox:
+            self._flush_sends()
+        if self._inline_job is not None and not self._in_inline \
+                and not self._transport.delivering:
+            self.run_inline_now()
+
+    def run_inline_now(self) -> None:
+        """Run the inline disk job waiting for its callback, if any, now. The transport calls
+        this once it has delivered a chunk of peer messages (outside any driver step): a
+        follower's append is synced and acked in the read callback itself, one loop turn
+        sooner and ahead of the callbacks the step queued (its store's group write)."""
+        job, self._inline_job = self._inline_job, None
+        if job is not None:
+            assert not self._in_inline, "inline disk jobs do not nest"
+            self._in_inline = True
+            try:
+                self._run_inline(*job)
+            finally:
+                self._in_inline = False
 
     def _run_inline(self, perform: Callable[[], IoResult],
                     complete: Callable[[IoResult], None]) -> None:
@@ -186,6 +269,10 @@ class RealWorld:
     def close(self) -> None:
         """Accept no more disk ops or timers and wait for the disk op in flight, if any."""
         self.closed = True
+        if self._bg_thread is not None:
+            self._bg_jobs.put(None)  # after the job in flight, if any
+            self._bg_thread.join()
+            self._bg_thread = None
         if self._io_thread is not None:
             self._io_jobs.put(None)  # after the job in flight, if any
             self._io_thread.join()

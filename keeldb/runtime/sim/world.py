@@ -36,6 +36,9 @@ CLIENT_LATENCY_NS_MIN = 200_000
 CLIENT_LATENCY_NS_MAX = 1_000_000
 DISK_LATENCY_NS = (10_000, 200_000)
 DISK_SLOW_LATENCY_NS = (1 * MS, 50 * MS)
+# A background job (`Capture`: a state-machine image) finishes this long after it was handed
+# out: long enough that the node applies, appends and syncs more entries meanwhile.
+JOB_LATENCY_NS = (100_000, 20 * MS)
 DOWN_NS = (5 * MS, 200 * MS)  # how long a crashed or paused node stays out
 PARTITION_NS = (10 * MS, 300 * MS)
 DIGEST_BATCH = 1024  # deliveries hashed together
@@ -185,6 +188,24 @@ class SimWorld:
         if not ok:
             self.note(f"{node} disk error: {error}")
         complete(result)
+
+    def submit_job(self, node: NodeId, perform: Callable[[], Any],
+                   complete: Callable[[Any], None]) -> None:
+        """A background job (see the driver's `World`): it runs at a seeded later time, not
+        in order with the node's disk ops, and is lost if the node crashes first."""
+        inc = self.drivers[node].incarnation
+        self.sched.after(self.rng.randrange(*JOB_LATENCY_NS), self._job_due,
+                         (node, inc, perform, complete))
+
+    def _job_due(self, arg: tuple[NodeId, int, Callable[[], Any], Callable[[Any], None]]) -> None:
+        node, inc, perform, complete = arg
+        if self.drivers[node].incarnation != inc:
+            return  # the process died with the job
+        until = self.paused_until.get(node, 0)
+        if until > self.sched.now:
+            self.sched.at(until, self._job_due, arg)
+            return
+        complete(perform())
 
     def send(self, src: NodeId, dst: NodeId, msg: Message) -> None:
         self.stats.messages_sent += 1

@@ -19,6 +19,7 @@ N1, N2 = NodeId("n1"), NodeId("n2")
 class _Wire:
     def __init__(self, log: list[str]) -> None:
         self.log = log
+        self.delivering = False  # (Transport: inside an inbound chunk's deliveries)
 
     def send(self, to: NodeId, msg: Any) -> bool:
         self.log.append(f"send {to} {msg!r}")
@@ -83,3 +84,61 @@ def test_messages_keep_their_order_and_none_leave_after_close() -> None:
         return log
 
     assert asyncio.run(go()) == ["send n2 0", "send n2 1", "send n2 2"]
+
+
+def test_steps_done_sends_and_runs_the_inline_job_without_a_loop_turn() -> None:
+    async def go() -> tuple[list[str], list[str]]:
+        log: list[str] = []
+        world = _world(asyncio.get_running_loop(), log, True)
+        _step(world, log)
+        world.steps_done(N1)  # the driver's deliver() returned
+        now = list(log)
+        await asyncio.sleep(0.01)  # the fallback callback finds nothing left to do
+        world.close()
+        return now, log
+
+    now, later = asyncio.run(go())
+    assert now == ["reply 7", "step end", "send n2 b'append'", "perform", "complete True"]
+    assert later == now
+
+
+def test_inside_a_transport_chunk_the_job_waits_for_after_deliver() -> None:
+    async def go() -> list[str]:
+        log: list[str] = []
+        world = _world(asyncio.get_running_loop(), log, True)
+        wire = cast(Any, world._transport)
+        wire.delivering = True
+        _step(world, log)
+        world.steps_done(N1)
+        log.append("chunk delivered")
+        wire.delivering = False
+        wire.after_deliver()  # what the transport calls once the chunk is delivered
+        await asyncio.sleep(0.01)
+        world.close()
+        return log
+
+    assert asyncio.run(go()) == ["reply 7", "step end", "send n2 b'append'",
+                                 "chunk delivered", "perform", "complete True"]
+
+
+def test_a_job_submitted_by_a_completion_runs_on_the_next_callback_not_nested() -> None:
+    async def go() -> list[str]:
+        log: list[str] = []
+        world = _world(asyncio.get_running_loop(), log, True)
+
+        def second(result: IoResult) -> None:
+            log.append("second done")
+
+        def first(result: IoResult) -> None:
+            log.append("first done")
+            world.submit_io(N1, lambda: (True, ""), second)
+            world.steps_done(N1)  # the completion's step ended: must not run `second` here
+            log.append("first returns")
+
+        world.submit_io(N1, lambda: (True, ""), first)
+        world.steps_done(N1)
+        await asyncio.sleep(0.01)
+        world.close()
+        return log
+
+    assert asyncio.run(go()) == ["first done", "first returns", "second done"]

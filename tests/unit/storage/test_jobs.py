@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import random
+from typing import Any
 
 import pytest
 
@@ -120,7 +122,7 @@ def test_worker_flush_from_sorted_runs_writes_the_inline_table(
     runs = [compactor._sorted_run(versions[i:i + 97], not old_versions)
             for i in range(0, len(versions), 97)]
     assert len(runs) > 3, "the test needs several runs to merge"
-    merged = compactor._merge_runs([blob for _, blob in runs], not old_versions)
+    merged = compactor._merge_runs([io.BytesIO(blob) for _, blob in runs], not old_versions)
     disk = MemoryDisk()
     hooked: list[str] = []
     meta = jobs.build_table_stream(disk, SPEC, merged, sum(n for n, _ in runs), 7,
@@ -129,3 +131,83 @@ def test_worker_flush_from_sorted_runs_writes_the_inline_table(
     assert hooked == ["flush-mid-table"]
     assert meta.entries == inline.entries == len(versions)
     assert _table_bytes(disk, meta.name) == _table_bytes(disk, inline.name)
+
+
+def _entries(disk: MemoryDisk, t: TableMeta) -> list[jobs.Entry]:
+    f = disk.open(t.name)
+    try:
+        return list(TableReader.open(f, t.id, BlockCache(0), ReadStats()).iter())
+    finally:
+        f.close()
+
+
+def test_disjoint_runs_chain_a_level_and_keep_overlapping_tables_apart() -> None:
+    def meta(tid: int, lo: bytes, hi: bytes) -> TableMeta:
+        return TableMeta(tid, 10, lo, hi, 1, 0, 1, 1, 1, 1)
+
+    l0 = [meta(1, b"a", b"z"), meta(2, b"b", b"y")]
+    l1 = [meta(3, b"a", b"f"), meta(4, b"g", b"m"), meta(5, b"n", b"z")]
+    runs = jobs.disjoint_runs(l0 + l1)
+    assert sorted(len(run) for run in runs) == [1, 1, 3]  # the L1 tables share one run
+    for run in runs:
+        assert all(a.largest < b.smallest for a, b in zip(run, run[1:], strict=False))
+    assert sorted(t.id for run in runs for t in run) == [1, 2, 3, 4, 5]
+    assert jobs.disjoint_runs(l1) == [l1]  # one sorted level is one source
+
+
+@pytest.mark.parametrize("snapshots", [[], [60, 300]])
+def test_compaction_reading_a_level_as_one_chained_source_keeps_every_version(
+        snapshots: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    disk = MemoryDisk()
+    rng = random.Random("jobs:chained")
+    older = _tables(disk, 3, rng)
+    level = jobs.compact_tables(disk, SPEC, older, True, [], jobs.numbers_from(range(50, 90)))
+    assert len(level) > 2, "the test needs a level of several disjoint tables"
+    newer: list[TableMeta] = []  # newer overlapping tables on top (seqs above the level's)
+    for number, seq in ((200, 1000), (201, 2000)):
+        mem = Memtable(wal_number=0)
+        for i in range(120):
+            key = b"k%04d" % rng.randrange(400)
+            kind = KIND_DELETE if i % 9 == 0 else KIND_PUT
+            mem.apply(seq + i, [(kind, key, b"" if kind == KIND_DELETE else b"n%d" % i)], 9, -1)
+        mem.freeze()
+        newer.insert(0, jobs.InlineRunner(disk, SPEC).flush(mem, number, None))
+    inputs = newer + list(level)
+    opened: list[str] = []
+    closed: list[str] = []
+    real_open = disk.open
+
+    class Tracked:
+        def __init__(self, file: Any) -> None:
+            self._file = file
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._file, name)
+
+        def close(self) -> None:
+            closed.append(self._file.name)
+            self._file.close()
+
+    def tracking_open(name: str, *, append: bool = False) -> Any:
+        opened.append(name)
+        return Tracked(real_open(name, append=append))
+
+    monkeypatch.setattr(disk, "open", tracking_open)
+    got = jobs.compact_tables(disk, SPEC, inputs, True, sorted(snapshots),
+                              jobs.numbers_from(range(300, 340)))
+    monkeypatch.undo()
+    assert sorted(opened) == sorted(closed) == sorted(t.name for t in inputs)
+    # the same compaction with every table as its own source is the reference
+    monkeypatch.setattr(jobs, "disjoint_runs", lambda tables: [[t] for t in tables])
+    want = jobs.compact_tables(disk, SPEC, inputs, True, sorted(snapshots),
+                               jobs.numbers_from(range(400, 440)))
+    assert [e for t in got for e in _entries(disk, t)] == \
+        [e for t in want for e in _entries(disk, t)]
+    newest: dict[bytes, jobs.Entry] = {}
+    for t in inputs:
+        for e in _entries(disk, t):
+            if e[0] not in newest or e[1] > newest[e[0]][1]:
+                newest[e[0]] = e
+    live = sorted(e for e in newest.values() if e[2] == KIND_PUT)
+    if not snapshots:
+        assert [e for t in got for e in _entries(disk, t)] == live

@@ -178,6 +178,9 @@ class _Read:
     index: int | None = None  # the read index, once confirmed
     asked: bool = False
     asked_at: int = -1
+    # This node's write seq when the read arrived: the read is served only once every write
+    # of this node up to it is answered, so a pipelined SET then GET reads its own write.
+    after: int = 0
 
 
 @dataclass(slots=True)
@@ -394,7 +397,8 @@ class RaftNode(RaftMembership):
                 kind, value = self.sessions.sm.read(command)
                 return [Reply(req.request_id, "ok" if kind == "ok" else "fail", value)]
             ctx = f"{self.session}#{req.request_id}".encode()
-            self.reads[ctx] = _Read(req.request_id, command, self.ticks, deadline)
+            self.reads[ctx] = _Read(req.request_id, command, self.ticks, deadline,
+                                    after=self.seq)
             self._ask_read(ctx)
         else:
             if len(command) > limits.raft_entry_bytes_max - ENTRY_OVERHEAD_BYTES:
@@ -429,8 +433,16 @@ class RaftNode(RaftMembership):
         """Give every queued write to the core, in proposal messages of at most
         raft_proposal_entries_max entries (one append, one MsgApp per follower each)."""
         assert self.raft is not None
-        seqs = [q for q in self.queued if q in self.writes and not self.writes[q].proposed]
+        # A write that arrived after a pending read stays queued until that read is
+        # answered, so the read cannot see it (per-node request order; `reads` is in
+        # arrival order, so its first read has the smallest `after`).
+        limit = next(iter(self.reads.values())).after if self.reads else self.seq
+        seqs = [q for q in self.queued
+                if q <= limit and q in self.writes and not self.writes[q].proposed]
+        held = [q for q in self.queued if q > limit]
         self.queued.clear()
+        for q in held:
+            self.queued[q] = None
         step = limits.raft_proposal_entries_max
         for i in range(0, len(seqs), step):
             chunk = [self.writes[q] for q in seqs[i:i + step]]
@@ -478,12 +490,19 @@ class RaftNode(RaftMembership):
             elif r.index is None and (not r.asked
                                       or self.ticks - r.asked_at >= self.cfg.retry_ticks):
                 self._ask_read(ctx)
-        return out
+        # A read held back only by a write that just expired is served now.
+        return out + self._serve_reads()
 
     def _serve_reads(self) -> list[Effect]:
         out: list[Effect] = []
+        if not self.reads:
+            return out
+        # The oldest write of this node still unanswered (`writes` is in increasing seq
+        # order): a read that arrived after it waits for it (per-node request order).
+        low = next(iter(self.writes), None)
         for ctx, r in list(self.reads.items()):
-            if r.index is not None and r.index <= self.applied:
+            if r.index is not None and r.index <= self.applied and (low is None
+                                                                     or low > r.after):
                 del self.reads[ctx]
                 kind, value = self.sessions.sm.read(r.command)
                 out.append(Reply(r.request_id, "ok" if kind == "ok" else "fail", value))

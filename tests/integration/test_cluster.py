@@ -282,6 +282,33 @@ def test_multi_exec_is_one_entry_and_writes_forward(cluster: Cluster) -> None:
         r.close()
 
 
+def test_pipelined_requests_of_one_connection_take_effect_in_order(cluster: Cluster) -> None:
+    """A read pipelined behind a write on one connection sees that write, on the leader and
+    on a follower that forwards (the write waits for the end of the loop turn to be
+    proposed; the read must not be answered from a state before it)."""
+    c = cluster
+    nodes = [p.id for p in c.plans]
+    leader = c.leader(nodes)
+    follower = next(n for n in nodes if n != leader)
+    for node in (leader, follower):
+        r = client(c.plan(node))
+        try:
+            for round_ in range(20):
+                key = f"pipe-{node}-{round_}"
+                pipe = r.pipeline(transaction=False)
+                pipe.set(key, "v1")
+                pipe.get(key)
+                pipe.incr(f"{key}-n")
+                pipe.get(f"{key}-n")
+                pipe.append(key, "x")
+                pipe.get(key)
+                pipe.delete(key)
+                pipe.exists(key)
+                assert pipe.execute() == [True, b"v1", 1, b"1", 3, b"v1x", 1, 0], node
+        finally:
+            r.close()
+
+
 def test_partitioned_leader_steps_down_and_catches_up_after_heal(cluster: Cluster) -> None:
     c = cluster
     nodes = [p.id for p in c.plans]

@@ -135,19 +135,8 @@ class RealWorld:
         self._bg_jobs.put((perform, complete))
 
     def _bg_worker(self) -> None:
-        while True:
-            job = self._bg_jobs.get()
-            if job is None:
-                return
-            perform, complete = job
-            try:
-                result, exc = perform(), None
-            except Exception as e:  # a bug in the job: the node halts (see _io_done)
-                result, exc = None, e
-            try:
-                self._loop.call_soon_threadsafe(self._bg_done, complete, result, exc)
-            except RuntimeError:
-                return  # the loop is closed: nobody waits for the result
+        """The background-job thread (snapshot images): see `_serve_jobs`."""
+        self._serve_jobs(self._bg_jobs, self._bg_done)
 
     def _bg_done(self, complete: Callable[[Any], None], result: Any,
                  exc: BaseException | None) -> None:
@@ -161,19 +150,23 @@ class RealWorld:
         self._flush_sends()
 
     def _io_worker(self) -> None:
-        """The disk thread: run each job, hand its result back to the loop."""
+        """The disk thread: see `_serve_jobs`."""
+        self._serve_jobs(self._io_jobs, self._io_done)
+
+    def _serve_jobs(self, jobs: queue.SimpleQueue[Any], done: Callable[..., None]) -> None:
+        """Run each `(perform, complete)` job of `jobs` until a None, and hand its result (or
+        the exception of a bug in it: `done` halts the node) back to the loop."""
         while True:
-            job = self._io_jobs.get()
+            job = jobs.get()
             if job is None:
                 return
             perform, complete = job
             try:
-                result: IoResult | None = perform()
-                exc: BaseException | None = None
+                result, exc = perform(), None
             except Exception as e:  # not a KeeldbError (the driver turns those into ok=False)
                 result, exc = None, e
             try:
-                self._loop.call_soon_threadsafe(self._io_done, complete, result, exc)
+                self._loop.call_soon_threadsafe(done, complete, result, exc)
             except RuntimeError:
                 return  # the loop is closed: nobody waits for the result
 

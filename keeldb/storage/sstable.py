@@ -307,8 +307,10 @@ class TableReader:
         body = raw[: size - TRAILER_BYTES]
         if crc32c(raw[size - TRAILER_BYTES : size - TRAILER_BYTES + 1], crc32c(body)) != crc:
             raise _corrupt(self._name, offset, f"{what}: checksum mismatch")
-        if kind == COMPRESSION_NONE:
-            return body
+        return body if kind == COMPRESSION_NONE else self._decompress(kind, body, offset, what)
+
+    def _decompress(self, kind: int, body: bytes, offset: int, what: str) -> bytes:
+        """The body of a checked block stored with compression `kind`."""
         if kind == COMPRESSION_ZSTD:
             # A decompression context is costly to make (~as much as decompressing a block);
             # reuse them. list.pop/append are atomic, so threads never share one at a time.
@@ -390,8 +392,8 @@ class TableReader:
         if crc32c(view[body_end : body_end + 1], crc32c(view[:body_end])) != crc:
             raise _corrupt(self._name, offset, "data block: checksum mismatch")
         body = raw
-        if kind != COMPRESSION_NONE:
-            body = self._read_checked(offset, size, "data block")  # decompresses (rare)
+        if kind != COMPRESSION_NONE:  # checked above: decompress these very bytes
+            body = self._decompress(kind, bytes(view[:body_end]), offset, "data block")
             body_end = len(body)
         try:
             return _check_block(body, body_end)

@@ -555,7 +555,12 @@ class DB:
     def _background(self, role: str) -> None:
         """Drive flush steps and the 'batch' sync timer (role "flush"), or compaction steps
         (role "compact"), until closed."""
-        tick = min(limits.background_tick_ms / 1000, self._sync_interval)
+        # Only the 'batch' sync timer needs the short tick; work is otherwise kicked by a
+        # notify, so poll rarely (each poll takes the GIL from the serving thread).
+        if role == "flush" and self.sync_policy == "batch":
+            tick = min(limits.background_tick_ms / 1000, self._sync_interval)
+        else:
+            tick = limits.background_idle_tick_ms / 1000
         step = self._flush_one if role == "flush" else self._compact_one
         while True:
             with self._bg_cv:

@@ -278,3 +278,13 @@ worker_idle_recycle_ms = 2_000
 # ~256 KiB instead of per 4 KiB block when a compaction's new tables are cold. Bounds the
 # transient buffer (~block_bytes_target x this) and the latency of the read that pays for it.
 block_readahead_blocks = 64
+
+# --- clead (leader request path, runtime) ---
+# The embedded DB's background threads poll this often when nothing needs a fast timer (every
+# job they run is also kicked by a notify; only the 'batch' sync timer needs
+# background_tick_ms). Each poll takes the GIL (~75 us): at 10 ms, two threads cost ~15 ms CPU
+# per second per idle DB. Bounds the extra delay of idle-L0 compaction and worker recycling.
+background_idle_tick_ms = 100
+
+# --- simpipe (simulator pipelined clients) ---
+sim_pipeline_max = 4  # most requests a simulated client pipelines in one burst (keeldb sim --pipeline)

@@ -11,7 +11,12 @@ A history is a sequence of operations, one JSON object per line:
 - `f`: the function (`read`, `write`, `cas`, `append`, `txn`, ...), `key` (optional) and
   `value` (for `cas` a `[expected, new]` pair, for `txn` a list of micro-ops `[f, key, value]`);
 - `time`: nanoseconds on one clock (optional), `index`: position in the history (optional,
-  filled in on reading).
+  filled in on reading);
+- `after` (optional, on an `invoke`): the `index` of another op's `invoke` event that this op
+  must take effect after. Pipelined requests of one connection are sent without waiting, so
+  they overlap in real time, yet the server must apply them in the order sent; the simulator
+  records each pipelined request's predecessor here and the linearizability checker only
+  places an op once its predecessor is placed. Histories without it load as before.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Op:
     key: Any = None
     value: Any = None
     time: int | None = None
+    after: int | None = None  # index of the invoke of the op this one must follow
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "process": self.process,
@@ -46,6 +52,8 @@ class Op:
         out["value"] = self.value
         if self.time is not None:
             out["time"] = self.time
+        if self.after is not None:
+            out["after"] = self.after
         return out
 
 
@@ -68,6 +76,9 @@ def op_from_dict(
     time = obj.get("time")
     if time is not None and not isinstance(time, int):
         raise CheckError(f"{where}time must be an integer (nanoseconds), got {time!r}")
+    after = obj.get("after")
+    if after is not None and not isinstance(after, int):
+        raise CheckError(f"{where}after must be the integer index of an invoke, got {after!r}")
     return Op(
         index=int(obj.get("index", index)),
         process=obj["process"],
@@ -76,6 +87,7 @@ def op_from_dict(
         key=obj.get("key"),
         value=obj.get("value"),
         time=time,
+        after=after,
     )
 
 

@@ -19,6 +19,16 @@ of Horn & Kroening's P-compositionality):
    visited (linearized-set bitset, state) pairs prunes configurations already explored.
    Success: the list is empty, or the first return left belongs to an optional operation.
 
+Order constraints (pipelines): an invocation may name, in its `after` field, the invocation of
+an op it must take effect after (requests of one pipelined connection are concurrent in real
+time but applied in the order sent). In the search such an op is a candidate only once its
+predecessor is linearized. Coverage under the per-key split: the constraint is followed along
+the chain of `after` links to the nearest earlier op of the same part, so `SET x; SET y;
+GET x` still orders `GET x` after `SET x`; order between ops of different keys is not
+checked (each key is its own part). A predecessor that failed or whose outcome is unknown
+(`info`, never completed) imposes nothing: it may never have happened. Histories without
+`after` take the old path (one `is None` test per candidate).
+
 The search is iterative (an explicit stack), so no history is too deep for Python's recursion.
 It counts steps; past `limits.linear_search_steps_max` in one part it answers "unknown", which
 `Result` reports as not valid and `unknown`, never as valid.
@@ -113,9 +123,12 @@ class PartOutcome:
     state_after: Any = None
 
 
-def _search(part: PartOutcome, model: Model, steps_max: int,
-            slice_steps: int) -> Generator[None, None, None]:
-    """Run the search on one part, yielding every `slice_steps` steps; fill in `part`."""
+def _search(part: PartOutcome, model: Model, steps_max: int, slice_steps: int,
+            preds: list[int] | None = None) -> Generator[None, None, None]:
+    """Run the search on one part, yielding every `slice_steps` steps; fill in `part`.
+
+    `preds[i]` is the local index of the op that op i must follow (-1: none).
+    """
     ops = part.ops
     n = len(ops)
     end = max((max(op.call, op.ret or 0) for op in ops), default=0) + 1
@@ -161,6 +174,9 @@ def _search(part: PartOutcome, model: Model, steps_max: int,
         assert node != -1, "scan ran past the last event"
         if node & 1:  # a call: try to linearize it now
             i = node >> 1
+            if preds is not None and preds[i] >= 0 and not bits >> preds[i] & 1:
+                node = nxt[node]  # its pipeline predecessor is not placed yet
+                continue
             ok, new_state = step(state, inputs[i], outputs[i])
             if ok:
                 new_bits = bits | (1 << i)
@@ -238,9 +254,13 @@ def resolve_model(model: Model | str, **options: Any) -> Model:
 
 
 def check_operations(ops: Sequence[Operation], model: Model,
-                     steps_max: int = limits.linear_search_steps_max) -> tuple[Result,
-                                                                                list[PartOutcome]]:
-    """Check paired operations; return the `Result` and every part's outcome."""
+                     steps_max: int = limits.linear_search_steps_max,
+                     after: dict[int, int] | None = None) -> tuple[Result, list[PartOutcome]]:
+    """Check paired operations; return the `Result` and every part's outcome.
+
+    `after` maps an op's `call_index` to the `call_index` of the op it must follow
+    (see the module doc, "Order constraints"); None or empty: no constraints.
+    """
     included = [op for op in ops if model.include(op)]
     for op in included:
         model.validate(op)
@@ -250,8 +270,34 @@ def check_operations(ops: Sequence[Operation], model: Model,
         key = p[0].input.key if p and model.per_key else None
         local = [_renumber(op, i) for i, op in enumerate(p)]
         parts.append(PartOutcome(key=key, ops=local))
-    _run_round_robin(parts, model, steps_max)
+    preds = [_part_preds(p.ops, after) for p in parts] if after else [None] * len(parts)
+    _run_round_robin(parts, model, steps_max, preds)
     return _result(parts, model, ops), parts
+
+
+def _part_preds(ops: list[Operation], after: dict[int, int]) -> list[int] | None:
+    """Local predecessor of each op of a part (-1: none); None when the part has none.
+
+    Follows the `after` chain through ops of other parts (or dropped ones) to the nearest
+    earlier op of this part; only a completed (not optional) op counts as a predecessor.
+    """
+    local = {op.call_index: i for i, op in enumerate(ops) if op.ret is not None}
+    preds = [-1] * len(ops)
+    found = False
+    for i, op in enumerate(ops):
+        p = after.get(op.call_index)
+        hops = 0
+        while p is not None and p not in local:
+            p = after.get(p)
+            hops += 1
+            assert hops <= len(after), f"cycle in the after links from index {op.call_index}"
+        if p is not None:
+            j = local[p]
+            assert ops[j].call < op.call, (f"op at index {op.call_index} must follow index {p}, "
+                                           f"which was invoked later")
+            preds[i] = j
+            found = True
+    return preds if found else None
 
 
 def _renumber(op: Operation, i: int) -> Operation:
@@ -263,10 +309,13 @@ def _renumber(op: Operation, i: int) -> Operation:
                      ret=op.ret, call_index=op.call_index, ret_index=op.ret_index)
 
 
-def _run_round_robin(parts: list[PartOutcome], model: Model, steps_max: int) -> None:
+def _run_round_robin(parts: list[PartOutcome], model: Model, steps_max: int,
+                     preds: Sequence[list[int] | None] | None = None) -> None:
     """Advance every part a slice at a time; stop everything at the first invalid part."""
     slice_steps = limits.linear_search_slice_steps
-    active = [(part, _search(part, model, steps_max, slice_steps)) for part in parts]
+    per = preds if preds is not None else [None] * len(parts)
+    active = [(part, _search(part, model, steps_max, slice_steps, pp))
+              for part, pp in zip(parts, per, strict=True)]
     while active:
         still = []
         for part, gen in active:
@@ -380,5 +429,7 @@ def linearizable(history: Sequence[Op] | str | Path, model: Model | str = "cas-r
             history = parse_history(history, fmt)
         else:
             history = load_history(Path(history), fmt)
-    result, _ = check_operations(pair_history(history), m, steps_max)
+    after = {ev.index: ev.after for ev in history
+             if ev.type == "invoke" and ev.after is not None}
+    result, _ = check_operations(pair_history(history), m, steps_max, after or None)
     return result

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from keeldb import limits
 from keeldb.cli.app import EXIT_USAGE, EXIT_VIOLATION, app, console, fail, print_json, print_table
 from keeldb.errors import UsageError
 from keeldb.runtime.sim.faults import SPECS, Fault, parse_faults
@@ -55,6 +56,12 @@ def sim(
     isolation: str = typer.Option(ISOLATION_DEFAULT, "--isolation",
                                   help="raft-redis only: 'watch' (WATCH/MULTI/EXEC) or a TXN "
                                        f"level ({', '.join(ISOLATIONS[1:])})."),
+    pipeline: int | None = typer.Option(None, "--pipeline", min=0,
+                                        max=limits.sim_pipeline_max,
+                                        help="raft-kv: half the clients pipeline bursts of "
+                                             "2..N requests on one connection; 0/1: off. "
+                                             "Default: limits.sim_pipeline_max for raft-kv, "
+                                             "0 for other systems."),
     trace: bool = typer.Option(False, "--trace", help="Print the readable event trace."),
     history_out: str | None = typer.Option(None, "--history-out",
                                            help="Write the single run's history (JSON lines)."),
@@ -87,12 +94,14 @@ def sim(
         chosen = None if faults is None else parse_faults(faults)
     except UsageError as exc:
         fail(exc.message, EXIT_USAGE)
+    if pipeline is None:
+        pipeline = limits.sim_pipeline_max if system == "raft-kv" else 0
     if seeds:
         failed = _swarm(system, range(seed_start, seed_start + seeds), chosen, workload,
-                        ticks_max, clients, as_json, isolation)
+                        ticks_max, clients, as_json, isolation, pipeline)
     else:
         config = SimConfig(system, seed, chosen, workload, ticks_max, clients=clients,
-                           trace=trace, isolation=isolation)
+                           trace=trace, isolation=isolation, pipeline=pipeline)
         result = run_sim(config)
         if history_out:
             with open(history_out, "w", encoding="utf-8") as out:
@@ -142,7 +151,7 @@ def _show_one(result: SimResult, as_json: bool, trace: bool) -> None:
 
 def _swarm(system: str, seeds: range, faults: tuple[Fault, ...] | None, workload: str,
            ticks_max: int, clients: int, as_json: bool,
-           isolation: str = ISOLATION_DEFAULT) -> bool:
+           isolation: str = ISOLATION_DEFAULT, pipeline: int = 0) -> bool:
     failures: list[SimResult] = []
     exercised: dict[str, int] = {}
     ops = 0
@@ -153,7 +162,7 @@ def _swarm(system: str, seeds: range, faults: tuple[Fault, ...] | None, workload
         task = progress.add_task("swarm", total=len(seeds), system=system, failed=0)
         for s in seeds:
             r = run_sim(SimConfig(system, s, faults, workload, ticks_max, clients=clients,
-                                  isolation=isolation))
+                                  isolation=isolation, pipeline=pipeline))
             ops += len(r.history)
             for name in r.faults_exercised:
                 exercised[name] = exercised.get(name, 0) + 1

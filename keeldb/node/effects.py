@@ -23,6 +23,10 @@ thread, or later in the simulator), never in order with the node's disk ops, and
 Messages are plain data (None, bool, int, float, str, bytes, list, tuple, dict with str keys):
 the real world encodes them with msgpack (tuples come back as lists, so accept both), the
 simulator passes the objects as they are (so never mutate a message after sending it).
+
+Events and effects are slotted dataclasses, deliberately not frozen (a frozen one's __init__
+costs ~1 us, and a node makes ~10 per request): once handed over, nobody mutates one; the
+node never changes an effect it returned, the driver never changes an event it delivered.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ REPLY_TYPES: tuple[str, ...] = ("ok", "fail", "info")
 # --- events: inputs of Node.step -------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Start:
     """The first event of every incarnation.
 
@@ -59,7 +63,7 @@ class Start:
     restart: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Tick:
     """A timer set by `SetTimer(name, ...)` fired; `now_ns` is the node's local clock."""
 
@@ -67,7 +71,7 @@ class Tick:
     now_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Received:
     """A message from peer `src` arrived."""
 
@@ -75,7 +79,7 @@ class Received:
     msg: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ClientRequest:
     """A client asks for operation `f` (the history vocabulary: read, write, cas, append,
     txn, transfer, ...). The node must answer with exactly one `Reply(request_id, ...)` unless
@@ -87,7 +91,7 @@ class ClientRequest:
     value: Any = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PersistDone:
     """Disk operation `op` of a `Persist` finished; `ok` False names the error (ENOSPC, EIO)."""
 
@@ -96,7 +100,7 @@ class PersistDone:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SyncDone:
     """Disk operation `op` of a `Sync` finished. `ok` True means every byte appended to that
     file before it is durable. `ok` False: durability is unknown (treat as lost; fsyncgate)."""
@@ -106,7 +110,7 @@ class SyncDone:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CaptureDone:
     """The job of `Capture(op, ...)` finished: `data` is what it returned (never sent or
     stored as is: the node unpacks it); `ok` False names the error (the image could not be
@@ -124,7 +128,7 @@ Event = Start | Tick | Received | ClientRequest | PersistDone | SyncDone | Captu
 # --- effects: outputs of Node.step -----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Persist:
     """Write `data` to file `file`: append (default), or `replace` the whole file atomically.
 
@@ -139,7 +143,7 @@ class Persist:
     replace: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Sync:
     """fsync `file`: makes every append submitted before it durable. Answered by `SyncDone`."""
 
@@ -147,7 +151,7 @@ class Sync:
     file: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Send:
     """Send `msg` to peer `to`, once disk operation `after` (if any) succeeded. Delivery is
     not guaranteed: networks drop, duplicate, delay and reorder."""
@@ -157,7 +161,7 @@ class Send:
     after: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Apply:
     """Announce that command `index` took effect in the node's state machine (observers,
     replica-convergence checkers and metrics use it; it changes no node state)."""
@@ -167,7 +171,7 @@ class Apply:
     after: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Reply:
     """Answer client request `request_id`: `ok` (it happened), `fail` (it certainly did not)
     or `info` (unknown). `value` is the result (the read value, the txn's completed micro-ops)."""
@@ -182,7 +186,7 @@ class Reply:
         assert self.type in REPLY_TYPES, f"reply type {self.type!r} not in {REPLY_TYPES}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class SetTimer:
     """Deliver `Tick(name, ...)` after `delay_ns` of the node's local time; setting a timer
     of the same name again replaces it."""
@@ -194,14 +198,14 @@ class SetTimer:
         assert self.delay_ns >= 0, f"timer {self.name!r} delay {self.delay_ns} < 0"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CancelTimer:
     """Forget timer `name` (no-op if it is not set)."""
 
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Halt:
     """The node stops itself (e.g. after a failed fsync): the driver drops it like a crash.
     The world decides whether and when it restarts."""
@@ -209,7 +213,7 @@ class Halt:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Capture:
     """Run `job` away from the node's own thread and answer with `CaptureDone(op, ...)`.
 

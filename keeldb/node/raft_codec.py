@@ -50,12 +50,16 @@ def _unpack(data: bytes) -> Any:
 # --- plain-data forms --------------------------------------------------------------------------
 
 
-def entry_to_plain(e: Entry) -> list[Any]:
-    return [e.index, e.term, e.data, e.type.value]
-
-
 _ENTRY_TYPES = {t.value: t for t in EntryType}
 _MSG_TYPES = {t.value: t for t in MsgType}
+# member -> wire string: a dict lookup costs ~1/5 of an enum's `.value` property (per entry
+# and per message on the hot path).
+_ENTRY_VALUES = {t: t.value for t in EntryType}
+_MSG_VALUES = {t: t.value for t in MsgType}
+
+
+def entry_to_plain(e: Entry) -> list[Any]:
+    return [e.index, e.term, e.data, _ENTRY_VALUES[e.type]]
 
 
 def entry_from_plain(p: Any) -> Entry:
@@ -92,7 +96,7 @@ def snapshot_from_plain(p: Any) -> Snapshot:
 
 
 def message_to_plain(m: Message) -> list[Any]:
-    return [m.type.value, str(m.to), str(m.frm), m.term, m.log_term, m.index,
+    return [_MSG_VALUES[m.type], str(m.to), str(m.frm), m.term, m.log_term, m.index,
             [entry_to_plain(e) for e in m.entries], m.commit, m.reject, m.reject_hint,
             m.context, None if m.snapshot_meta is None else meta_to_plain(m.snapshot_meta),
             m.snap_offset, m.snap_data, m.snap_total, str(m.target)]

@@ -63,6 +63,7 @@ class _Session:
     low: int  # every seq below it was answered: a copy of it arriving now is skipped
     last_index: int  # the log index this session last applied at (for eviction)
     done: dict[int, list[Any]]  # seq -> [reply type, value] for seqs >= low
+    top: int = 0  # the highest seq applied: a lower new seq now would apply out of order
 
 
 class Sessions:
@@ -105,17 +106,29 @@ class Sessions:
                 del self.table[oldest]
             s = self.table[session] = _Session(0, index, {})
         s.last_index = index
-        self._raise_low(s, low)
+        if low > s.low:  # checked here: most entries do not raise it (no call then)
+            self._raise_low(s, low)
         if seq < s.low:
             return session, seq, None
         if seq in s.done:
             return session, seq, s.done[seq]
+        if seq < s.top and kind != [ANNOUNCE]:
+            # A re-proposed write whose first proposal was lost, arriving after later writes
+            # of the same node applied: applying it now would reorder that node's requests
+            # (a pipelined SET k 1; SET k 2 would end as 1). It is refused, deterministically
+            # on every replica, and the client is told nothing was applied.
+            result: list[Any] = ["fail", f"write seq {seq} of {session} arrived after seq "
+                                         f"{s.top} applied; not applied to keep request order"]
+            s.done[seq] = result
+            return session, seq, result
+        if seq > s.top:
+            s.top = seq
         if kind == [ANNOUNCE]:
             node, addr, lineage = (str(x) for x in _unpack(command))
             known = self.clients.get(node)
             if known is None or known[1] == lineage:  # the first lineage stays
                 self.clients[node] = [addr, lineage]
-            result: list[Any] = ["ok", None]
+            result = ["ok", None]
         else:
             result = list(self.sm.apply(index, bytes(command)))
         s.done[seq] = result
@@ -181,6 +194,10 @@ class Sessions:
         self.members = {str(k): str(v) for k, v in (rest[0] if rest else {}).items()}
         self.clients = {str(k): [str(v[0]), str(v[1])]
                         for k, v in (rest[1] if len(rest) > 1 else {}).items()}
-        self.table = {str(k): _Session(int(low), int(last), {int(q): [t, v] for q, t, v in done})
-                      for k, low, last, done in table}
+        self.table = {}
+        for k, low, last, done in table:
+            kept = {int(q): [t, v] for q, t, v in done}
+            # `top` is not in the image: every seq above `low` that applied is in `done`.
+            self.table[str(k)] = _Session(int(low), int(last), kept,
+                                          max(kept, default=int(low) - 1))
         self.sm.restore(bytes(inner))

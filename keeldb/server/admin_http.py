@@ -26,6 +26,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from keeldb import limits
+from keeldb.server.plain_metrics import PlainCollector, PlainCounter, PlainGauge, PlainHistogram
 from keeldb.storage.engine import Stats
 
 log = logging.getLogger("keeldb.admin_http")
@@ -110,20 +111,24 @@ class _RaftCollector(Collector):
 
 class ServerMetrics:
     """The server's Prometheus metrics, in a registry of its own (several servers may share
-    a process in tests). Counters and histograms are thread-safe (the apply thread observes
-    fsyncs)."""
+    a process in tests). The per-request ones (commands, errors, latency, applied index) are
+    plain values written by one thread (see plain_metrics); the rest are prometheus_client's
+    thread-safe ones (the apply thread observes fsyncs)."""
 
     def __init__(self, stats: StatsSource) -> None:
         reg = self.registry = CollectorRegistry(auto_describe=False)
-        self.commands = Counter("keeldb_commands", "Commands answered (one reply each)",
-                                registry=reg)
-        self.errors = Counter("keeldb_command_errors", "Error replies sent", registry=reg)
+        # Updated per request on the loop: lock-free, published at scrape (plain_metrics).
+        plain = PlainCollector(reg)
+        self.commands = plain.add(PlainCounter("keeldb_commands",
+                                               "Commands answered (one reply each)"))
+        self.errors = plain.add(PlainCounter("keeldb_command_errors", "Error replies sent"))
         self.protocol_errors = Counter("keeldb_protocol_errors",
                                        "Connections closed for bad RESP or a request limit",
                                        registry=reg)
-        self.latency = Histogram("keeldb_command_latency_seconds",
-                                 "Proposal to result of a command batch: queue, apply, fsync",
-                                 ["kind"], buckets=_LATENCY_BUCKETS, registry=reg)
+        self.latency = plain.add(PlainHistogram(
+            "keeldb_command_latency_seconds",
+            "Proposal to result of a command batch: queue, apply, fsync", ["kind"],
+            _LATENCY_BUCKETS))
         self.fsyncs = Counter("keeldb_fsyncs", "WAL fsyncs issued by the server (sync=always)",
                               registry=reg)
         self.fsync_latency = Histogram("keeldb_fsync_latency_seconds", "WAL fsync time",
@@ -141,8 +146,8 @@ class ServerMetrics:
                                registry=reg)
         self.expired = Counter("keeldb_expired_keys_swept", "Expired keys removed by sweeps",
                                registry=reg)
-        self.applied_index = Gauge("keeldb_applied_index", "Last applied batch index",
-                                   registry=reg)
+        self.applied_index = plain.add(PlainGauge("keeldb_applied_index",
+                                                  "Last applied batch index"))
         reg.register(_EngineCollector(stats))
 
     def watch_raft(self, status: Callable[[], dict[str, Any]]) -> None:

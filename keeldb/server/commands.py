@@ -46,6 +46,7 @@ from keeldb.codec.resp import (
 from keeldb.errors import CommandError, RespProtocolError
 from keeldb.node import kvstate as kv
 from keeldb.node import kvtxn
+from keeldb.server.conn_outputs import Close, Execute, Output, Send
 from keeldb.server.txn_commands import REFUSED as _TXN_REFUSED
 from keeldb.server.txn_commands import ConnectionTxn, TxnExecute
 
@@ -310,29 +311,6 @@ def parse_command(args: list[bytes]) -> kv.Request:
 # --- the connection ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Execute:
-    """Run `batch` on the node, then call `Connection.complete(ticket, result)`."""
-
-    ticket: int
-    batch: kv.Batch
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the connection after writing everything sent before. `protocol_error` is True
-    when the client sent bad RESP or crossed a limit (Redis closes such connections)."""
-
-    reason: str
-    protocol_error: bool = False
-
-
-Output = Send | Execute | Close
 DEFERRED: Any = object()  # a handler's "the reply comes later" (EXEC, WATCH) or was queued
 InfoProvider = Callable[[], Mapping[str, Mapping[str, object]]]
 

@@ -647,7 +647,11 @@ class RespServer:
         if client.gone or self._apply is None:
             return
         assert client.conn is not None
-        self._handle(client, client.conn.complete(ticket, result))
+        outputs = client.conn.complete(ticket, result)
+        if len(outputs) == 1 and type(outputs[0]) is Send:
+            self._emit(client, outputs[0])  # the common case: one reply, nothing to run
+        else:
+            self._handle(client, outputs)
         client.update()
 
     # --- expiry ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from keeldb import limits
 from keeldb.check.history import Op
 from keeldb.errors import UsageError
 from keeldb.node.effects import Node, Reply
@@ -111,6 +112,9 @@ class SimConfig:
     trace: bool = False
     # raft-redis: "watch" (WATCH/MULTI/EXEC) or a TXN isolation level (redis_workloads)
     isolation: str = ISOLATION_DEFAULT
+    # raft-kv: half the clients (seeded) send bursts of 2..pipeline requests on one
+    # connection without waiting, as redis-py pipelines do; 0 or 1: no pipelining
+    pipeline: int = 0
 
     def plan(self) -> FaultPlan:
         if self.faults is None:
@@ -147,6 +151,8 @@ class SimResult:
             line += f" --clients {c.clients}"
         if c.isolation != ISOLATION_DEFAULT:
             line += f" --isolation {c.isolation}"
+        if c.pipeline > 1 or c.system == "raft-kv":
+            line += f" --pipeline {c.pipeline}"  # the CLI's default differs per system
         return line
 
     def summary(self) -> dict[str, Any]:
@@ -168,6 +174,7 @@ class _Client:
     token: int = 0
     final: tuple[str, Any, Any] | None = None
     done: bool = False
+    pipeline: int = 1  # most requests per burst; 1: one at a time
 
 
 class SimCluster:
@@ -233,6 +240,10 @@ class SimCluster:
             i = len(self.clients)
             c = _Client(i, self._new_process(), random.Random(f"{self.config.seed}:client:{i}"))
             c.target = c.rng.randrange(len(self.spec.nodes))
+            # own stream, so seeds without pipelining keep their old schedules
+            pipe_rng = random.Random(f"{self.config.seed}:pipeline:{i}")
+            if self.config.pipeline > 1 and pipe_rng.random() < 0.5:
+                c.pipeline = self.config.pipeline
             self.clients.append(c)
             self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
 
@@ -249,6 +260,10 @@ class SimCluster:
         return None
 
     def _issue(self, c: _Client) -> None:
+        if c.pipeline > 1 and c.final is None and self.phase == "safety" and not c.done \
+                and c.rng.random() < 0.5:
+            self._issue_burst(c)
+            return
         command = self._next_command(c, self.workload)
         if command is None:
             return
@@ -292,6 +307,64 @@ class SimCluster:
         self.world.forget(rid)
         self.recorder.complete(c.process, "info", self._open_value(c), self.world.now)
         c.process = self._new_process()  # the old op may still happen: a new process goes on
+        c.target = c.rng.randrange(len(self.spec.nodes))
+        self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
+
+    def _issue_burst(self, c: _Client) -> None:
+        """Pipeline 2..c.pipeline workload ops to one node. Each op is its own process in
+        the history (they overlap in time) with an `after` link to the one sent before it:
+        the node must apply them in the order sent."""
+        assert 2 <= c.pipeline <= limits.sim_pipeline_max, c.pipeline
+        n = c.rng.randrange(2, c.pipeline + 1)
+        now = self.world.now
+        commands = [self.workload.next_op(c.rng) for _ in range(n)]
+        procs: list[int] = []
+        prev: int | None = None
+        for f, key, value in commands:
+            proc = self._new_process()
+            prev = self.recorder.invoke(proc, f, key, value, now, after=prev)
+            procs.append(proc)
+        c.token += 1
+        token = c.token
+        node = NodeId(self.spec.nodes[c.target])
+        callbacks = [self._burst_callback(c, token, procs, p) for p in procs]
+        rids = self.world.request_burst(node, commands, callbacks)
+        self.world.sched.after(CLIENT_TIMEOUT_NS, self._on_burst_timeout,
+                               (c, token, procs, rids))
+
+    def _burst_callback(self, c: _Client, token: int, procs: list[int],
+                        proc: int) -> Callable[[Reply], None]:
+        return lambda reply: self._on_burst_reply(c, token, procs, proc, reply)
+
+    def _on_burst_reply(self, c: _Client, token: int, procs: list[int], proc: int,
+                        reply: Reply) -> None:
+        if token != c.token or not self.recorder.is_open(proc):
+            return  # a late reply to a burst already given up on
+        inv = self.recorder.open_op(proc)
+        returns = inv.f in ("read", "txn", "read-accounts")
+        value = reply.value if reply.type == "ok" and returns else inv.value
+        self.recorder.complete(proc, reply.type, value, self.world.now)
+        if reply.type == "fail":
+            hint = reply.value
+            if isinstance(hint, str) and hint in self.spec.nodes:
+                c.target = self.spec.nodes.index(hint)
+            elif reply.error:
+                c.target = c.rng.randrange(len(self.spec.nodes))
+        if any(self.recorder.is_open(p) for p in procs):
+            return
+        c.token += 1  # the whole burst is answered: think, then go on
+        self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
+
+    def _on_burst_timeout(self, arg: tuple[_Client, int, list[int], list[int]]) -> None:
+        c, token, procs, rids = arg
+        if token != c.token:
+            return
+        c.token += 1
+        for proc, rid in zip(procs, rids, strict=True):
+            self.world.forget(rid)
+            if self.recorder.is_open(proc):
+                self.recorder.complete(proc, "info", self.recorder.open_op(proc).value,
+                                       self.world.now)
         c.target = c.rng.randrange(len(self.spec.nodes))
         self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
 

@@ -21,12 +21,16 @@ class HistoryRecorder:
         self.ops: list[Op] = []
         self._open: dict[Any, Op] = {}
 
-    def invoke(self, process: Any, f: str, key: Any, value: Any, time: int) -> None:
+    def invoke(self, process: Any, f: str, key: Any, value: Any, time: int,
+               after: int | None = None) -> int:
+        """Record an invocation; `after` is the index of the invocation it must follow (a
+        pipelined request). Returns the new event's index."""
         assert process not in self._open, f"process {process} already has an open operation"
         assert len(self.ops) < limits.history_ops_max, "history over limits.history_ops_max"
-        op = Op(len(self.ops), process, "invoke", f, key, value, time)
+        op = Op(len(self.ops), process, "invoke", f, key, value, time, after)
         self.ops.append(op)
         self._open[process] = op
+        return op.index
 
     def complete(self, process: Any, type: str, value: Any, time: int) -> None:
         assert type in ("ok", "fail", "info"), type

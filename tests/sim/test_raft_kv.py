@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from keeldb import limits
 from keeldb.node.effects import ClientRequest, Effect
 from keeldb.runtime.sim.faults import parse_faults
 from keeldb.testing import cluster
@@ -27,9 +28,11 @@ DEFAULT_SEEDS = range(1, 41)
 REGRESSION_SEEDS = (4, 39, 40, 243, 528)
 
 
-def _check(seed: int, workload: str = "register", faults: str | None = None) -> None:
+def _check(seed: int, workload: str = "register", faults: str | None = None,
+           pipeline: int = limits.sim_pipeline_max) -> None:
+    """One seed as `keeldb sim --system raft-kv` runs it (pipelined clients by default)."""
     plan = None if faults is None else parse_faults(faults)
-    result = run_sim(SimConfig("raft-kv", seed, plan, workload=workload))
+    result = run_sim(SimConfig("raft-kv", seed, plan, workload=workload, pipeline=pipeline))
     assert result.ok, f"{result.violations[:3]}\nreproduce: {result.repro}"
     assert any(op.type == "ok" for op in result.history), result.repro
 
@@ -37,6 +40,21 @@ def _check(seed: int, workload: str = "register", faults: str | None = None) -> 
 @pytest.mark.parametrize("seed", sorted(set(DEFAULT_SEEDS) | set(REGRESSION_SEEDS)))
 def test_raft_kv_swarm_sample(seed: int) -> None:
     _check(seed)
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
+def test_raft_kv_regression_seeds_one_request_at_a_time(seed: int) -> None:
+    """The schedules these seeds were kept for (found before clients pipelined)."""
+    _check(seed, pipeline=0)
+
+
+@pytest.mark.parametrize("seed", [6, 18])
+def test_a_lost_proposal_retried_late_does_not_reorder_a_pipeline(seed: int) -> None:
+    """Found by pipelined clients: a write whose first proposal was lost under disk faults
+    was re-proposed after later writes of the same burst applied, and overwrote them.
+    The session table now refuses such a write (TRYAGAIN: nothing applied)."""
+    _check(seed, faults="drop,duplicate,isolate,lose-unsynced,torn-write,bitflip,enospc,pause",
+           pipeline=4)
 
 
 @pytest.mark.parametrize("workload", ["list-append", "bank"])

@@ -271,6 +271,37 @@ class SimWorld:
         self.sched.after(delay, self._request_due, (node, ClientRequest(rid, f, key, value)))
         return rid
 
+    def request_burst(self, node: NodeId, commands: list[tuple[str, Any, Any]],
+                      callbacks: list[ReplyCallback]) -> list[int]:
+        """Send a pipeline: several requests on one connection, without waiting. They
+        arrive together and in the order sent (one delay, delivered in order), as a
+        redis-py pipeline's requests do. Returns their request ids."""
+        assert len(commands) == len(callbacks) > 0, (len(commands), len(callbacks))
+        if len(self._callbacks) + len(commands) > limits.sim_requests_open_max:
+            raise LimitExceededError(
+                f"{len(self._callbacks)} client requests unanswered in the simulator, the limit "
+                "limits.sim_requests_open_max; clients must forget() requests they gave up on")
+        reqs = []
+        for (f, key, value), callback in zip(commands, callbacks, strict=True):
+            self._next_request += 1
+            rid = self._next_request
+            self._callbacks[rid] = callback
+            self.stats.requests += 1
+            self.note(f"client->{node} #{rid} {f} {key!r} {value!r} (pipelined)")
+            reqs.append(ClientRequest(rid, f, key, value))
+        delay = self.rng.randrange(CLIENT_LATENCY_NS_MIN, CLIENT_LATENCY_NS_MAX)
+        self.sched.after(delay, self._burst_due, (node, reqs))
+        return [r.request_id for r in reqs]
+
+    def _burst_due(self, arg: tuple[NodeId, list[ClientRequest]]) -> None:
+        node, reqs = arg
+        until = self.paused_until.get(node, 0)
+        if until > self.sched.now:
+            self.sched.at(until, self._burst_due, arg)
+            return
+        for req in reqs:
+            self.drivers[node].deliver(req)
+
     def forget(self, request_id: int) -> None:
         self._callbacks.pop(request_id, None)
 

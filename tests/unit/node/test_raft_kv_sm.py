@@ -195,3 +195,28 @@ def test_a_proposer_applies_its_remembered_batches_without_decoding(
         assert sm.apply(i, cmd)[0] == "ok"
     assert decoded == [cmds[0]]  # only the one forgotten past the bound was decoded
     assert read(sm, kv.MGet((b"k0", b"k1", b"k2"))) == ([b"v", b"v", b"v"],)
+
+
+def test_a_write_applied_after_a_later_write_of_its_session_is_refused() -> None:
+    """A retried proposal that lands after later writes of the same node applied must not
+    take effect (it would reorder that node's requests); the refusal is kept for dedup and
+    survives a snapshot, so every replica answers the same."""
+    sessions = Sessions(RaftKvSM(kv.KvStateMachine(MemoryEngine())))
+
+    def put(index: int, seq: int, value: bytes) -> list[object] | None:
+        _, data = encode_command(kv.Batch((kv.Set(b"k", value),)), T0)
+        return sessions.apply(index, Sessions.encode("s", seq, 1, data))[2]
+
+    assert put(1, 1, b"1")[0] == "ok"  # type: ignore[index]
+    assert put(2, 3, b"3")[0] == "ok"  # type: ignore[index]
+    refused = put(3, 2, b"2")  # seq 2's first proposal was lost; its retry comes late
+    assert refused is not None and refused[0] == "fail" and "request order" in refused[1]
+    assert read(sessions.sm, kv.Get(b"k")) == (b"3",)  # type: ignore[arg-type]
+    assert put(4, 2, b"2") == refused  # a duplicate gets the same answer
+    again = Sessions(RaftKvSM(kv.KvStateMachine(MemoryEngine())))
+    again.restore(sessions.snapshot())
+    assert again.lookup("s", 2) == (True, refused)
+    _, data = encode_command(kv.Batch((kv.Set(b"k", b"x"),)), T0)
+    late = again.apply(5, Sessions.encode("s", 2, 1, data))[2]
+    assert late == refused  # after a restore too
+    assert again.apply(6, Sessions.encode("s", 4, 1, data))[2][0] == "ok"  # type: ignore[index]

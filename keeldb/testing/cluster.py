@@ -287,11 +287,7 @@ class SimCluster:
         if reply.type == "info":
             c.process = self._new_process()
         if reply.type == "fail":
-            hint = reply.value
-            if isinstance(hint, str) and hint in self.spec.nodes:
-                c.target = self.spec.nodes.index(hint)
-            elif reply.error:
-                c.target = c.rng.randrange(len(self.spec.nodes))
+            self._follow_hint(c, reply)
         if c.final is not None and reply.type == "ok":
             c.final = None
             c.done = True
@@ -345,11 +341,7 @@ class SimCluster:
         value = reply.value if reply.type == "ok" and returns else inv.value
         self.recorder.complete(proc, reply.type, value, self.world.now)
         if reply.type == "fail":
-            hint = reply.value
-            if isinstance(hint, str) and hint in self.spec.nodes:
-                c.target = self.spec.nodes.index(hint)
-            elif reply.error:
-                c.target = c.rng.randrange(len(self.spec.nodes))
+            self._follow_hint(c, reply)
         if any(self.recorder.is_open(p) for p in procs):
             return
         c.token += 1  # the whole burst is answered: think, then go on
@@ -367,6 +359,15 @@ class SimCluster:
                                        self.world.now)
         c.target = c.rng.randrange(len(self.spec.nodes))
         self.world.sched.after(c.rng.randrange(THINK_NS_MAX), self._issue, c)
+
+    def _follow_hint(self, c: Any, reply: Reply) -> None:
+        """After a failed request: go to the leader a redirect names, else to a random node
+        when the failure says why (no leader known, timed out)."""
+        hint = reply.value
+        if isinstance(hint, str) and hint in self.spec.nodes:
+            c.target = self.spec.nodes.index(hint)
+        elif reply.error:
+            c.target = c.rng.randrange(len(self.spec.nodes))
 
     def _open_value(self, c: _Client) -> Any:
         return self.recorder.open_op(c.process).value
